@@ -1,0 +1,4 @@
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("cmi.v1");
+}

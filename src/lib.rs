@@ -1,0 +1,14 @@
+//! metal-driver: a Common Machine Interface (CMI) driver that turns Gardener MCM `Machine`
+//! objects into Equinix Metal devices, plus the controller that drives it and a simulator
+//! of the Metal API.
+//!
+//! Dependencies run one way: `cmi` → `provider` → `metal`; `sim` uses only `metal` types;
+//! `provider` never imports tonic, kube or reqwest.
+
+pub mod cmi;
+pub mod metal;
+pub mod provider;
+pub mod secret;
+pub mod shutdown;
+pub mod sim;
+pub mod telemetry;

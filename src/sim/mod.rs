@@ -1,0 +1,1 @@
+//! The Metal API simulator (skeleton: filled in by the simulator work).

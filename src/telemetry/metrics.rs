@@ -1,0 +1,253 @@
+//! Prometheus metrics, one registry per process, served on the side port's `/metrics`.
+//!
+//! Two naming schemes live side by side: our own (`metal_driver_*`, `grpc_server_*`) and
+//! MCM's (`mcm_cloud_api_*`), so the dashboards Gardener users already have keep working.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// MCM's `provider` label value.
+pub const PROVIDER: &str = "equinixmetal";
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+        .into_iter()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetalLabels {
+    pub endpoint: &'static str,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetalEndpointLabels {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct McmLabels {
+    pub provider: &'static str,
+    pub service: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub endpoint: &'static str,
+    pub reason: &'static str,
+}
+
+/// Metal API calls as seen by our client.
+#[derive(Clone)]
+pub struct MetalApiMetrics {
+    requests: Family<MetalLabels, Counter>,
+    duration: Family<MetalEndpointLabels, Histogram>,
+    retries: Family<RetryLabels, Counter>,
+    mcm_requests: Family<McmLabels, Counter>,
+    mcm_failed: Family<McmLabels, Counter>,
+    mcm_duration: Family<McmLabels, Histogram>,
+}
+
+impl MetalApiMetrics {
+    pub fn new() -> Self {
+        let hist = || Histogram::new(latency_buckets());
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(hist),
+            retries: Family::default(),
+            mcm_requests: Family::default(),
+            mcm_failed: Family::default(),
+            mcm_duration: Family::new_with_constructor(hist),
+        }
+    }
+
+    /// One HTTP exchange finished. `status` is the HTTP status, or `transport`/`timeout`.
+    pub fn observe(&self, endpoint: &'static str, status: &str, elapsed: Duration) {
+        let ok = status.starts_with('2');
+        self.requests.get_or_create(&MetalLabels { endpoint, status: status.to_owned() }).inc();
+        self.duration.get_or_create(&MetalEndpointLabels { endpoint }).observe(elapsed.as_secs_f64());
+        let mcm = McmLabels { provider: PROVIDER, service: endpoint };
+        self.mcm_requests.get_or_create(&mcm).inc();
+        self.mcm_duration.get_or_create(&mcm).observe(elapsed.as_secs_f64());
+        if !ok {
+            self.mcm_failed.get_or_create(&mcm).inc();
+        }
+    }
+
+    /// A retry is about to happen. `reason`: `429`, `5xx`, `transport`.
+    pub fn retry(&self, endpoint: &'static str, reason: &'static str) {
+        self.retries.get_or_create(&RetryLabels { endpoint, reason }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub grpc_service: String,
+    pub grpc_method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcCodeLabels {
+    pub grpc_service: String,
+    pub grpc_method: String,
+    pub grpc_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub provider: &'static str,
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationErrorLabels {
+    pub provider: &'static str,
+    pub operation: String,
+    pub error_code: String,
+}
+
+/// gRPC server metrics, recorded by one tower layer so no handler can forget them.
+#[derive(Clone)]
+pub struct GrpcMetrics {
+    started: Family<GrpcLabels, Counter>,
+    handled: Family<GrpcCodeLabels, Counter>,
+    handling: Family<GrpcLabels, Histogram>,
+    in_flight: Gauge,
+    op_duration: Family<OperationLabels, Histogram>,
+    op_failed: Family<OperationErrorLabels, Counter>,
+}
+
+impl GrpcMetrics {
+    fn new() -> Self {
+        let hist = || Histogram::new(latency_buckets());
+        Self {
+            started: Family::default(),
+            handled: Family::default(),
+            handling: Family::new_with_constructor(hist),
+            in_flight: Gauge::default(),
+            op_duration: Family::new_with_constructor(hist),
+            op_failed: Family::default(),
+        }
+    }
+
+    pub fn start(&self, service: &str, method: &str) {
+        self.in_flight.inc();
+        self.started
+            .get_or_create(&GrpcLabels { grpc_service: service.into(), grpc_method: method.into() })
+            .inc();
+    }
+
+    /// `code` is the tonic code name (`OK`, `InvalidArgument`, ...).
+    pub fn end(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
+        self.in_flight.dec();
+        let l = GrpcLabels { grpc_service: service.into(), grpc_method: method.into() };
+        self.handling.get_or_create(&l).observe(elapsed.as_secs_f64());
+        self.handled
+            .get_or_create(&GrpcCodeLabels {
+                grpc_service: service.into(),
+                grpc_method: method.into(),
+                grpc_code: code.into(),
+            })
+            .inc();
+        if service.ends_with("Machine") {
+            let operation = method.to_owned();
+            self.op_duration
+                .get_or_create(&OperationLabels { provider: PROVIDER, operation: operation.clone() })
+                .observe(elapsed.as_secs_f64());
+            if code != "OK" {
+                self.op_failed
+                    .get_or_create(&OperationErrorLabels {
+                        provider: PROVIDER,
+                        operation,
+                        error_code: code.into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+}
+
+/// Every metric family of the process.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub metal: MetalApiMetrics,
+    pub grpc: GrpcMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let metal = MetalApiMetrics::new();
+        let grpc = GrpcMetrics::new();
+        let mut registry = Registry::default();
+        {
+            let r = registry.sub_registry_with_prefix("metal_driver");
+            r.register("metal_api_requests", "Metal API requests by endpoint and HTTP status", metal.requests.clone());
+            r.register("metal_api_request_duration_seconds", "Metal API request latency", metal.duration.clone());
+            r.register("metal_api_retries", "Metal API retries by endpoint and reason", metal.retries.clone());
+        }
+        {
+            let r = registry.sub_registry_with_prefix("mcm_cloud_api");
+            r.register("requests", "Cloud API requests (MCM name)", metal.mcm_requests.clone());
+            r.register("requests_failed", "Failed cloud API requests (MCM name)", metal.mcm_failed.clone());
+            r.register("api_request_duration_seconds", "Cloud API request latency (MCM name)", metal.mcm_duration.clone());
+        }
+        {
+            let r = registry.sub_registry_with_prefix("grpc_server");
+            r.register("started", "RPCs started", grpc.started.clone());
+            r.register("handled", "RPCs completed, by code", grpc.handled.clone());
+            r.register("handling_seconds", "RPC latency", grpc.handling.clone());
+            r.register("in_flight", "RPCs in progress", grpc.in_flight.clone());
+        }
+        {
+            let r = registry.sub_registry_with_prefix("mcm_driver");
+            r.register("operation_duration_seconds", "Driver operation latency (MCM name)", grpc.op_duration.clone());
+            r.register("operation_failed", "Failed driver operations by error code (MCM name)", grpc.op_failed.clone());
+        }
+        Self { registry: Arc::new(registry), metal, grpc }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_our_and_mcm_names() {
+        let m = Metrics::new();
+        m.metal.observe("findDeviceById", "200", Duration::from_millis(3));
+        m.metal.observe("findDeviceById", "503", Duration::from_millis(3));
+        m.grpc.start("cmi.v1.Machine", "GetMachineStatus");
+        m.grpc.end("cmi.v1.Machine", "GetMachineStatus", "NotFound", Duration::from_millis(1));
+        let text = m.render();
+        for needle in [
+            "metal_driver_metal_api_requests_total{endpoint=\"findDeviceById\",status=\"200\"} 1",
+            "mcm_cloud_api_requests_total{provider=\"equinixmetal\",service=\"findDeviceById\"} 2",
+            "mcm_cloud_api_requests_failed_total{provider=\"equinixmetal\",service=\"findDeviceById\"} 1",
+            "mcm_cloud_api_api_request_duration_seconds_count",
+            "grpc_server_handled_total{grpc_service=\"cmi.v1.Machine\",grpc_method=\"GetMachineStatus\",grpc_code=\"NotFound\"} 1",
+            "mcm_driver_operation_failed_total{provider=\"equinixmetal\",operation=\"GetMachineStatus\",error_code=\"NotFound\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}
