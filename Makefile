@@ -1,0 +1,50 @@
+# metal-driver — every target is a thin wrapper over cargo or a script in hack/.
+# `make help` lists them.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/debug/metal-driver
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## build the metal-driver binary (debug)
+	$(CARGO) build --bin metal-driver
+
+.PHONY: release
+release: ## build the optimised binary
+	$(CARGO) build --release --locked --bin metal-driver
+
+.PHONY: demo
+demo: ## the main job: create → status → list → shutdown → delete on the embedded simulator
+	$(CARGO) run --quiet --bin metal-driver -- demo
+
+.PHONY: start
+start: build ## run the driver against a local simulator (Ctrl-C stops both)
+	hack/start.sh
+
+.PHONY: test
+test: ## the whole test suite: unit + integration, conformance (Prism, grpcio, proto compat)
+	hack/test.sh
+
+.PHONY: unit
+unit: ## Rust unit and integration tests only
+	$(CARGO) test --all-targets
+
+.PHONY: conformance
+conformance: ## OpenAPI (Prism) and independent gRPC client conformance
+	hack/conformance.sh
+
+.PHONY: lint
+lint: ## rustfmt check, clippy with warnings as errors, layering check
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	hack/check-layering.sh
+
+.PHONY: fmt
+fmt: ## format the code
+	$(CARGO) fmt --all

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The README's test command: everything a fresh machine needs is installed by the scripts
+# this calls (cached under ${METAL_DRIVER_CACHE:-$HOME/.cache/metal-driver}).
+#   1. Rust unit + integration tests (real gRPC over loopback against the simulator)
+#   2. layering check (provider logic stays transport-free)
+#   3. conformance: Prism validating proxy against the official Metal OpenAPI spec,
+#      independent Python grpcio client from the reference cmi.proto, proto compatibility
+#   4. controller end-to-end tests on a real kube-apiserver + etcd (+ MCM) built from Go modules
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo test"
+cargo test --all-targets
+
+step "layering"
+hack/check-layering.sh
+
+if [[ -x hack/conformance.sh ]]; then
+  step "conformance"
+  hack/conformance.sh
+fi
+
+if [[ -x hack/e2e.sh ]]; then
+  step "controller e2e"
+  hack/e2e.sh
+fi

@@ -1,0 +1,162 @@
+//! `cmi.v1.Machine`: decode the request, call the provider, encode the answer. Nothing else
+//! happens here; every decision is in `crate::provider` and every code in `super::status`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    observe::{deadline, observed},
+    v1::{
+        CreateMachineRequest, CreateMachineResponse, DeleteMachineRequest, DeleteMachineResponse,
+        GetMachineStatusRequest, GetMachineStatusResponse, GetVolumeIDsRequest, GetVolumeIDsResponse,
+        ListMachinesRequest, ListMachinesResponse, ShutDownMachineRequest, ShutDownMachineResponse,
+        machine_server,
+    },
+};
+use crate::{
+    metal::DeviceApi,
+    provider::{ListRequest, MachineRequest, Provider},
+    telemetry::Metrics,
+};
+
+const SERVICE: &str = "cmi.v1.Machine";
+
+pub struct MachineService<A> {
+    provider: Arc<Provider<A>>,
+    metrics: Metrics,
+}
+
+impl<A> MachineService<A> {
+    pub fn new(provider: Arc<Provider<A>>, metrics: Metrics) -> Self {
+        Self { provider, metrics }
+    }
+}
+
+#[tonic::async_trait]
+impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
+    async fn create_machine(
+        &self,
+        request: Request<CreateMachineRequest>,
+    ) -> Result<Response<CreateMachineResponse>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let name = r.machine_name.clone();
+        observed(&self.metrics, SERVICE, "CreateMachine", &name, async {
+            let info = self
+                .provider
+                .create_machine(MachineRequest {
+                    machine_name: r.machine_name,
+                    provider_spec: r.provider_spec,
+                    secrets: r.secrets,
+                    provider_id: String::new(),
+                    deadline,
+                })
+                .await?;
+            Ok(Response::new(CreateMachineResponse {
+                provider_id: info.provider_id,
+                node_name: info.node_name,
+                last_known_state: Vec::new(),
+            }))
+        })
+        .await
+    }
+
+    async fn delete_machine(
+        &self,
+        request: Request<DeleteMachineRequest>,
+    ) -> Result<Response<DeleteMachineResponse>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let name = r.machine_name.clone();
+        observed(&self.metrics, SERVICE, "DeleteMachine", &name, async {
+            self.provider
+                .delete_machine(MachineRequest {
+                    machine_name: r.machine_name,
+                    provider_spec: r.provider_spec,
+                    secrets: r.secrets,
+                    provider_id: r.provider_id,
+                    deadline,
+                })
+                .await?;
+            Ok(Response::new(DeleteMachineResponse { last_known_state: Vec::new() }))
+        })
+        .await
+    }
+
+    async fn get_machine_status(
+        &self,
+        request: Request<GetMachineStatusRequest>,
+    ) -> Result<Response<GetMachineStatusResponse>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let name = r.machine_name.clone();
+        observed(&self.metrics, SERVICE, "GetMachineStatus", &name, async {
+            let info = self
+                .provider
+                .get_machine_status(MachineRequest {
+                    machine_name: r.machine_name,
+                    provider_spec: r.provider_spec,
+                    secrets: r.secrets,
+                    provider_id: r.provider_id,
+                    deadline,
+                })
+                .await?;
+            Ok(Response::new(GetMachineStatusResponse {
+                provider_id: info.provider_id,
+                node_name: info.node_name,
+            }))
+        })
+        .await
+    }
+
+    async fn list_machines(
+        &self,
+        request: Request<ListMachinesRequest>,
+    ) -> Result<Response<ListMachinesResponse>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        observed(&self.metrics, SERVICE, "ListMachines", "", async {
+            let machines = self
+                .provider
+                .list_machines(ListRequest { provider_spec: r.provider_spec, secrets: r.secrets, deadline })
+                .await?;
+            Ok(Response::new(ListMachinesResponse { machine_list: machines.into_iter().collect() }))
+        })
+        .await
+    }
+
+    async fn shut_down_machine(
+        &self,
+        request: Request<ShutDownMachineRequest>,
+    ) -> Result<Response<ShutDownMachineResponse>, Status> {
+        let deadline = deadline(&request);
+        let r = request.into_inner();
+        let name = r.machine_name.clone();
+        observed(&self.metrics, SERVICE, "ShutDownMachine", &name, async {
+            self.provider
+                .shutdown_machine(MachineRequest {
+                    machine_name: r.machine_name,
+                    provider_spec: r.provider_spec,
+                    secrets: r.secrets,
+                    provider_id: r.provider_id,
+                    deadline,
+                })
+                .await?;
+            Ok(Response::new(ShutDownMachineResponse { last_known_state: Vec::new() }))
+        })
+        .await
+    }
+
+    async fn get_volume_i_ds(
+        &self,
+        request: Request<GetVolumeIDsRequest>,
+    ) -> Result<Response<GetVolumeIDsResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.metrics, SERVICE, "GetVolumeIDs", "", async {
+            let volume_i_ds = self.provider.get_volume_ids(&r.pv_spec_list)?;
+            Ok(Response::new(GetVolumeIDsResponse { volume_i_ds }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,299 @@
+//! `metal-driver demo`: the whole flow with no account. Starts the simulator and the driver
+//! on ephemeral loopback ports inside this process, then drives one machine through
+//! create → status (until active) → list → shutdown → delete over real gRPC, printing each
+//! step with its timing. Exits non-zero if any step does not do what it should.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::{
+    cmi::{
+        client::CmiClient,
+        server::{ServerConfig, start},
+        v1::{
+            CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest, GetPluginCapabilitiesRequest,
+            GetPluginInfoRequest, ListMachinesRequest, ProbeRequest, ShutDownMachineRequest,
+        },
+    },
+    metal::{
+        DeviceState,
+        client::{ClientConfig, MetalClient},
+    },
+    provider::{Provider, ProviderConfig},
+    sim::{self, SimArgs},
+    telemetry::Metrics,
+};
+
+/// The simulator's default project and token, which the demo's MachineClass uses.
+pub const DEMO_PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
+pub const DEMO_TOKEN: &str = "sim-token";
+
+/// Flags of `metal-driver demo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Name of the demo Machine (becomes the device hostname).
+    #[arg(long, default_value = "demo-machine-0")]
+    pub machine_name: String,
+
+    /// How long the simulated device takes from queued to active.
+    #[arg(long, default_value_t = 3.0)]
+    pub provision_seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("step {step} failed: {reason}")]
+    Step { step: &'static str, reason: String },
+}
+
+fn fail(step: &'static str, reason: impl ToString) -> DemoError {
+    DemoError::Step { step, reason: reason.to_string() }
+}
+
+/// The providerSpec of the demo MachineClass, as the Gardener extension would emit it.
+pub fn demo_provider_spec() -> Vec<u8> {
+    serde_json::json!({
+        "projectID": DEMO_PROJECT,
+        "metro": "sv",
+        "machineType": "c3.small.x86",
+        "OS": "ubuntu_22_04",
+        "billingCycle": "hourly",
+        "tags": ["kubernetes.io/cluster/shoot--dev--demo", "kubernetes.io/role/node"],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The merged Secret data of the demo MachineClass.
+pub fn demo_secrets() -> HashMap<String, Vec<u8>> {
+    HashMap::from([
+        ("apiToken".to_owned(), DEMO_TOKEN.as_bytes().to_vec()),
+        ("userData".to_owned(), b"#cloud-config\nhostname: demo\n".to_vec()),
+    ])
+}
+
+struct Steps {
+    started: Instant,
+}
+
+impl Steps {
+    fn print(&self, step: &str, took: Duration, detail: &str) {
+        println!(
+            "[{:>6.2}s] {step:<22} {detail}  ({} ms)",
+            self.started.elapsed().as_secs_f64(),
+            took.as_millis()
+        );
+    }
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let steps = Steps { started: Instant::now() };
+    let sim_args = SimArgs { provision_seconds: args.provision_seconds, ..SimArgs::for_tests() };
+    let sim = sim::spawn(sim_args).await.map_err(|e| fail("start simulator", e))?;
+    println!("simulator (Equinix Metal API)   {}", sim.base_url());
+
+    let metrics = Metrics::new();
+    let client = MetalClient::new(ClientConfig { base_url: sim.base_url(), ..ClientConfig::default() }, Some(metrics.metal.clone()))
+        .map_err(|e| fail("build Metal client", e))?;
+    let provider = Arc::new(Provider::new(client, ProviderConfig::default()));
+    let stop = CancellationToken::new();
+    let server = start(ServerConfig::loopback(), provider, metrics.clone(), stop.clone())
+        .await
+        .map_err(|e| fail("start driver", e))?;
+    println!("driver (CMI gRPC)               {}", server.endpoint);
+    println!("driver metrics                  http://{}/metrics", server.http_addr);
+    println!();
+
+    let cmi = CmiClient::connect(&server.endpoint.to_string(), Duration::from_secs(30))
+        .await
+        .map_err(|e| fail("connect", e))?;
+    let result = drive(&steps, &cmi, &sim, &args.machine_name).await;
+
+    stop.cancel();
+    let _ = server.wait().await;
+    sim.shutdown().await;
+    match &result {
+        Ok(()) => println!("\ndemo finished: every step behaved as expected"),
+        Err(e) => println!("\ndemo FAILED: {e}"),
+    }
+    result
+}
+
+async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str) -> Result<(), DemoError> {
+    let spec = demo_provider_spec();
+    let secrets = demo_secrets();
+
+    let t = Instant::now();
+    let info = cmi.identity.clone().get_plugin_info(cmi.request(GetPluginInfoRequest {})).await.map_err(|s| fail("GetPluginInfo", s))?;
+    let caps = cmi
+        .identity
+        .clone()
+        .get_plugin_capabilities(cmi.request(GetPluginCapabilitiesRequest {}))
+        .await
+        .map_err(|s| fail("GetPluginCapabilities", s))?;
+    let probe = cmi.identity.clone().probe(cmi.request(ProbeRequest {})).await.map_err(|s| fail("Probe", s))?;
+    let info = info.into_inner();
+    steps.print(
+        "identity",
+        t.elapsed(),
+        &format!(
+            "{} {} · {} capabilities · ready={}",
+            info.name,
+            info.version,
+            caps.into_inner().capabilities.len(),
+            probe.into_inner().ready.unwrap_or(true)
+        ),
+    );
+
+    let t = Instant::now();
+    let created = cmi
+        .machine
+        .clone()
+        .create_machine(cmi.request(CreateMachineRequest {
+            machine_name: name.to_owned(),
+            provider_spec: spec.clone(),
+            secrets: secrets.clone(),
+            last_known_state: Vec::new(),
+        }))
+        .await
+        .map_err(|s| fail("CreateMachine", s))?
+        .into_inner();
+    steps.print("CreateMachine", t.elapsed(), &format!("{name} → {} (node {})", created.provider_id, created.node_name));
+
+    let t = Instant::now();
+    let again = cmi
+        .machine
+        .clone()
+        .create_machine(cmi.request(CreateMachineRequest {
+            machine_name: name.to_owned(),
+            provider_spec: spec.clone(),
+            secrets: secrets.clone(),
+            last_known_state: Vec::new(),
+        }))
+        .await
+        .map_err(|s| fail("CreateMachine (retry)", s))?
+        .into_inner();
+    if again.provider_id != created.provider_id {
+        return Err(fail("CreateMachine (retry)", format!("a retry returned another device: {}", again.provider_id)));
+    }
+    steps.print("CreateMachine (retry)", t.elapsed(), "same device returned: create is idempotent");
+
+    // Poll status until the simulated device is active.
+    let t = Instant::now();
+    let mut last_state = None;
+    loop {
+        let status = cmi
+            .machine
+            .clone()
+            .get_machine_status(cmi.request(GetMachineStatusRequest {
+                machine_name: name.to_owned(),
+                provider_spec: spec.clone(),
+                secrets: secrets.clone(),
+                provider_id: created.provider_id.clone(),
+            }))
+            .await
+            .map_err(|s| fail("GetMachineStatus", s))?
+            .into_inner();
+        if status.provider_id != created.provider_id {
+            return Err(fail("GetMachineStatus", format!("unexpected ProviderID {}", status.provider_id)));
+        }
+        let state = sim
+            .devices()
+            .into_iter()
+            .find(|d| d.hostname.as_deref() == Some(name))
+            .and_then(|d| d.state);
+        if state != last_state {
+            steps.print(
+                "GetMachineStatus",
+                t.elapsed(),
+                &format!("{} · device {}", status.node_name, state.map_or("unknown", DeviceState::as_str)),
+            );
+            last_state = state;
+        }
+        if state == Some(DeviceState::Active) {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err(fail("GetMachineStatus", "device did not become active within 120 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let t = Instant::now();
+    let list = cmi
+        .machine
+        .clone()
+        .list_machines(cmi.request(ListMachinesRequest { provider_spec: spec.clone(), secrets: secrets.clone() }))
+        .await
+        .map_err(|s| fail("ListMachines", s))?
+        .into_inner();
+    if list.machine_list.get(&created.provider_id).map(String::as_str) != Some(name) {
+        return Err(fail("ListMachines", format!("{name} missing from {:?}", list.machine_list)));
+    }
+    steps.print("ListMachines", t.elapsed(), &format!("{} machine(s) in the cluster, {name} among them", list.machine_list.len()));
+
+    let t = Instant::now();
+    cmi.machine
+        .clone()
+        .shut_down_machine(cmi.request(ShutDownMachineRequest {
+            machine_name: name.to_owned(),
+            provider_spec: spec.clone(),
+            secrets: secrets.clone(),
+            provider_id: created.provider_id.clone(),
+            last_known_state: Vec::new(),
+        }))
+        .await
+        .map_err(|s| fail("ShutDownMachine", s))?;
+    steps.print("ShutDownMachine", t.elapsed(), "power_off accepted");
+
+    let t = Instant::now();
+    cmi.machine
+        .clone()
+        .delete_machine(cmi.request(DeleteMachineRequest {
+            machine_name: name.to_owned(),
+            provider_spec: spec.clone(),
+            secrets: secrets.clone(),
+            provider_id: created.provider_id.clone(),
+            last_known_state: Vec::new(),
+        }))
+        .await
+        .map_err(|s| fail("DeleteMachine", s))?;
+    steps.print("DeleteMachine", t.elapsed(), "device deprovisioning");
+
+    let t = Instant::now();
+    loop {
+        let result = cmi
+            .machine
+            .clone()
+            .get_machine_status(cmi.request(GetMachineStatusRequest {
+                machine_name: name.to_owned(),
+                provider_spec: spec.clone(),
+                secrets: secrets.clone(),
+                provider_id: created.provider_id.clone(),
+            }))
+            .await;
+        match result {
+            Err(status) if status.code() == Code::NotFound => {
+                steps.print("GetMachineStatus", t.elapsed(), "NotFound: the machine is gone");
+                break;
+            }
+            Err(status) => return Err(fail("GetMachineStatus after delete", status)),
+            Ok(_) if t.elapsed() > Duration::from_secs(60) => {
+                return Err(fail("GetMachineStatus after delete", "device still present after 60 s"));
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    let remaining = sim.devices().len();
+    if remaining != 0 {
+        return Err(fail("final check", format!("{remaining} device(s) left in the simulator")));
+    }
+    Ok(())
+}
