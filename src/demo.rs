@@ -291,9 +291,14 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
             Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-    let remaining = sim.devices().len();
-    if remaining != 0 {
-        return Err(fail("final check", format!("{remaining} device(s) left in the simulator")));
+    // The API deprovisions asynchronously; wait for the device to vanish entirely.
+    let t = Instant::now();
+    while !sim.devices().is_empty() {
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err(fail("final check", format!("{} device(s) left in the simulator", sim.devices().len())));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    steps.print("deprovisioned", t.elapsed(), "no device left in the project");
     Ok(())
 }

@@ -6,9 +6,12 @@
 //! `provider` never imports tonic, kube or reqwest.
 
 pub mod cmi;
+pub mod machine_cli;
+pub mod manifest;
 pub mod metal;
 pub mod provider;
 pub mod secret;
 pub mod shutdown;
 pub mod sim;
 pub mod telemetry;
+pub mod demo;

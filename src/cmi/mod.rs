@@ -7,7 +7,7 @@ pub mod identity;
 pub mod machine;
 pub mod observe;
 pub mod redact;
-// pub mod server; (enabled once metal::client lands)
+pub mod server;
 pub mod shed;
 pub mod status;
 

@@ -34,6 +34,13 @@ where
     metrics.grpc.end(service, method, code_name, elapsed);
     span.in_scope(|| match &result {
         Ok(_) => tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "rpc ok"),
+        // NotFound is how a client learns a machine needs creating: normal flow, not a warning.
+        Err(status) if status.code() == tonic::Code::NotFound => tracing::info!(
+            code = code_name,
+            message = status.message(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "rpc answered not found"
+        ),
         Err(status) => tracing::warn!(
             code = code_name,
             message = status.message(),

@@ -172,12 +172,68 @@ impl GrpcMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerFailureLabels {
+    pub controller: &'static str,
+    pub reason: String,
+}
+
+/// The machine controller's reconcile loop (`metal-driver controller`).
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    reconciles: Family<ControllerLabels, Counter>,
+    failures: Family<ControllerFailureLabels, Counter>,
+    duration: Family<ControllerLabels, Histogram>,
+    orphans_deleted: Counter,
+    leader: Gauge,
+}
+
+impl ControllerMetrics {
+    fn new() -> Self {
+        Self {
+            reconciles: Family::default(),
+            failures: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            orphans_deleted: Counter::default(),
+            leader: Gauge::default(),
+        }
+    }
+
+    /// One reconcile of `controller` (`machine`, `machineclass`, `orphans`) finished.
+    pub fn reconciled(&self, controller: &'static str, elapsed: Duration) {
+        let l = ControllerLabels { controller };
+        self.reconciles.get_or_create(&l).inc();
+        self.duration.get_or_create(&l).observe(elapsed.as_secs_f64());
+    }
+
+    /// A reconcile failed (or handled a driver error); `reason` is the error's metric label.
+    pub fn failed(&self, controller: &'static str, reason: String) {
+        self.failures.get_or_create(&ControllerFailureLabels { controller, reason }).inc();
+    }
+
+    /// The orphan collector deleted a device.
+    pub fn orphan_deleted(&self) {
+        self.orphans_deleted.inc();
+    }
+
+    /// Whether this replica holds the leader lease.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+}
+
 /// Every metric family of the process.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     pub metal: MetalApiMetrics,
     pub grpc: GrpcMetrics,
+    pub controller: ControllerMetrics,
 }
 
 impl Default for Metrics {
@@ -190,6 +246,7 @@ impl Metrics {
     pub fn new() -> Self {
         let metal = MetalApiMetrics::new();
         let grpc = GrpcMetrics::new();
+        let controller = ControllerMetrics::new();
         let mut registry = Registry::default();
         {
             let r = registry.sub_registry_with_prefix("metal_driver");
@@ -215,7 +272,19 @@ impl Metrics {
             r.register("operation_duration_seconds", "Driver operation latency (MCM name)", grpc.op_duration.clone());
             r.register("operation_failed", "Failed driver operations by error code (MCM name)", grpc.op_failed.clone());
         }
-        Self { registry: Arc::new(registry), metal, grpc }
+        {
+            let r = registry.sub_registry_with_prefix("metal_driver_controller");
+            r.register("reconciles", "Reconciles by controller", controller.reconciles.clone());
+            r.register(
+                "reconcile_failures",
+                "Failed reconciles and handled driver errors, by controller and reason",
+                controller.failures.clone(),
+            );
+            r.register("reconcile_duration_seconds", "Reconcile latency", controller.duration.clone());
+            r.register("orphan_devices_deleted", "Devices deleted by orphan collection", controller.orphans_deleted.clone());
+            r.register("leader", "1 while this replica holds the leader lease", controller.leader.clone());
+        }
+        Self { registry: Arc::new(registry), metal, grpc, controller }
     }
 
     /// The Prometheus text exposition of every family.

@@ -1,0 +1,12 @@
+//! Integration tests: real gRPC over loopback, the in-process simulator as the Metal API.
+//! One test binary (one link step) with a module per concern.
+
+mod support;
+
+mod errors;
+mod idempotency;
+mod pagination;
+mod redaction;
+mod retries;
+mod rpc;
+mod shutdown;

@@ -1,0 +1,212 @@
+//! Spawns the simulator and the driver on ephemeral loopback ports and gives tests a CMI
+//! client plus request builders.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use metal_driver::{
+    cmi::{
+        client::CmiClient,
+        server::{Running, ServerConfig, start},
+        v1::{
+            CreateMachineRequest, CreateMachineResponse, DeleteMachineRequest, GetMachineStatusRequest,
+            GetMachineStatusResponse, ListMachinesRequest, ShutDownMachineRequest,
+        },
+    },
+    metal::client::{ClientConfig, MetalClient},
+    provider::{Provider, ProviderConfig},
+    sim::{self, SimArgs, SimHandle},
+    telemetry::Metrics,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+pub const PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
+pub const TOKEN: &str = "sim-token";
+pub const CLUSTER_TAG: &str = "kubernetes.io/cluster/shoot--it--test";
+pub const ROLE_TAG: &str = "kubernetes.io/role/node";
+
+/// A running simulator + driver + client.
+pub struct Env {
+    pub sim: SimHandle,
+    pub server: Running,
+    pub cmi: CmiClient,
+    pub metrics: Metrics,
+    stop: CancellationToken,
+}
+
+impl Env {
+    pub async fn start() -> Self {
+        Self::with(SimArgs::for_tests(), |_| {}).await
+    }
+
+    /// Starts with custom simulator flags and Metal client settings. Backoff is shortened
+    /// so retry tests stay quick; `Retry-After` from the simulator is still honoured.
+    pub async fn with(sim_args: SimArgs, tweak: impl FnOnce(&mut ClientConfig)) -> Self {
+        let sim = sim::spawn(sim_args).await.expect("simulator starts");
+        let metrics = Metrics::new();
+        let mut config = ClientConfig {
+            base_url: sim.base_url(),
+            backoff_base: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(50),
+            ..ClientConfig::default()
+        };
+        tweak(&mut config);
+        let client = MetalClient::new(config, Some(metrics.metal.clone())).expect("client builds");
+        let provider = Arc::new(Provider::new(client, ProviderConfig::default()));
+        let stop = CancellationToken::new();
+        let server = start(ServerConfig::loopback(), provider, metrics.clone(), stop.clone())
+            .await
+            .expect("driver starts");
+        let cmi = CmiClient::connect(&server.endpoint.to_string(), Duration::from_secs(60))
+            .await
+            .expect("client connects");
+        Self { sim, server, cmi, metrics, stop }
+    }
+
+    /// Splits the environment for tests that drive shutdown themselves.
+    pub fn into_parts(self) -> Parts {
+        Parts { sim: self.sim, server: self.server, stop: self.stop }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.server.wait().await;
+        self.sim.shutdown().await;
+    }
+
+    /// Devices in the simulator that are not being torn down.
+    pub fn live_devices(&self) -> Vec<metal_driver::metal::Device> {
+        self.sim
+            .devices()
+            .into_iter()
+            .filter(|d| !d.state.is_some_and(|s| s.is_going_away()))
+            .collect()
+    }
+
+    pub fn api_calls(&self, operation: &str) -> u64 {
+        self.sim.stats().requests.get(operation).copied().unwrap_or(0)
+    }
+
+    pub async fn create(&self, name: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<CreateMachineResponse, Status> {
+        self.cmi
+            .machine
+            .clone()
+            .create_machine(self.cmi.request(CreateMachineRequest {
+                machine_name: name.into(),
+                provider_spec: spec.to_string().into_bytes(),
+                secrets: secrets.clone(),
+                last_known_state: Vec::new(),
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn create_raw(&self, name: &str, spec: Vec<u8>, secrets: &HashMap<String, Vec<u8>>) -> Result<CreateMachineResponse, Status> {
+        self.cmi
+            .machine
+            .clone()
+            .create_machine(self.cmi.request(CreateMachineRequest {
+                machine_name: name.into(),
+                provider_spec: spec,
+                secrets: secrets.clone(),
+                last_known_state: Vec::new(),
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn status(&self, name: &str, provider_id: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<GetMachineStatusResponse, Status> {
+        self.cmi
+            .machine
+            .clone()
+            .get_machine_status(self.cmi.request(GetMachineStatusRequest {
+                machine_name: name.into(),
+                provider_spec: spec.to_string().into_bytes(),
+                secrets: secrets.clone(),
+                provider_id: provider_id.into(),
+            }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn delete(&self, name: &str, provider_id: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<(), Status> {
+        self.cmi
+            .machine
+            .clone()
+            .delete_machine(self.cmi.request(DeleteMachineRequest {
+                machine_name: name.into(),
+                provider_spec: spec.to_string().into_bytes(),
+                secrets: secrets.clone(),
+                provider_id: provider_id.into(),
+                last_known_state: Vec::new(),
+            }))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn shutdown_machine(&self, name: &str, provider_id: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<(), Status> {
+        self.cmi
+            .machine
+            .clone()
+            .shut_down_machine(self.cmi.request(ShutDownMachineRequest {
+                machine_name: name.into(),
+                provider_spec: spec.to_string().into_bytes(),
+                secrets: secrets.clone(),
+                provider_id: provider_id.into(),
+                last_known_state: Vec::new(),
+            }))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list(&self, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<HashMap<String, String>, Status> {
+        self.cmi
+            .machine
+            .clone()
+            .list_machines(self.cmi.request(ListMachinesRequest {
+                provider_spec: spec.to_string().into_bytes(),
+                secrets: secrets.clone(),
+            }))
+            .await
+            .map(|r| r.into_inner().machine_list)
+    }
+}
+
+pub struct Parts {
+    pub sim: SimHandle,
+    pub server: Running,
+    pub stop: CancellationToken,
+}
+
+/// A valid providerSpec, as Gardener emits it.
+pub fn spec() -> Value {
+    json!({
+        "projectID": PROJECT,
+        "metro": "sv",
+        "machineType": "c3.small.x86",
+        "OS": "ubuntu_22_04",
+        "billingCycle": "hourly",
+        "tags": [CLUSTER_TAG, ROLE_TAG],
+    })
+}
+
+/// Valid Secret data for the simulator's default token.
+pub fn secrets() -> HashMap<String, Vec<u8>> {
+    secrets_with(TOKEN, "#cloud-config\nhostname: it\n")
+}
+
+pub fn secrets_with(token: &str, user_data: &str) -> HashMap<String, Vec<u8>> {
+    HashMap::from([
+        ("apiToken".to_owned(), token.as_bytes().to_vec()),
+        ("userData".to_owned(), user_data.as_bytes().to_vec()),
+    ])
+}
+
+/// The UUID inside an `equinixmetal://<uuid>` ProviderID.
+pub fn uuid_of(provider_id: &str) -> uuid::Uuid {
+    provider_id
+        .strip_prefix("equinixmetal://")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an equinixmetal:// ProviderID: {provider_id}"))
+}
