@@ -107,9 +107,9 @@ class Stack:
     client: Driver
     extra_procs: list = field(default_factory=list)
 
-    def api(self, token: str | None = None, project: str = PROJECT) -> MetalApi:
+    def api(self, token: str | None = None, project: str = PROJECT, retries: int = 0) -> MetalApi:
         """A Metal API client on the same path the driver uses (tap → Prism → sim)."""
-        return MetalApi(self.api_url, **({"token": token} if token else {}), project=project)
+        return MetalApi(self.api_url, **({"token": token} if token else {}), project=project, retries=retries)
 
     def sim_stats(self) -> dict:
         import requests
@@ -238,6 +238,24 @@ def mock_stack(binary, cmi, prism_bin):
 STACK_FIXTURES = ("main_stack", "fault_stack", "mock_stack")
 
 
+def violation_report(name: str, prism: Prism, tap: Tap | None, mark: int, tap_mark: int, extra=()) -> str:
+    """'' when Prism logged no violation since `mark`, else a report listing each one and,
+    from the tap, the exchanges that carried violations (request body, sl-violations,
+    problem+json)."""
+    found, _accepted = prism.violations_since(mark, tuple(extra))
+    exchanges = tap.since(tap_mark) if tap else []
+    prism_made = [e for e in exchanges if e.problem and str(e.problem.get("type", "")).startswith("https://stoplight.io/prism/errors")]
+    if not found and not prism_made:
+        return ""
+    lines = [f"Prism ({prism.mode}, stack '{name}', log {prism.log_path}) reported {len(found)} violation(s):"]
+    lines += [f"  - {v}" for v in found]
+    detail = [e for e in exchanges if e.violations or e.problem]
+    if detail:
+        lines.append("  exchanges with violations (from the tap):")
+        lines += [f"    * {e.describe()}" for e in detail]
+    return "\n".join(lines)
+
+
 @pytest.fixture(autouse=True)
 def prism_guard(request):
     """Fail any test during which Prism logged a request or response violation."""
@@ -245,18 +263,8 @@ def prism_guard(request):
     extra = tuple(Deviation(*m.args) for m in request.node.iter_markers("prism_allow"))
     marks = [(s, s.prism.mark(), s.tap.mark()) for s in stacks if s.prism]
     yield
-    report = []
-    for s, mark, tmark in marks:
-        found, accepted = s.prism.violations_since(mark, extra)
-        prism_made = [e for e in s.tap.since(tmark) if e.problem and str(e.problem.get("type", "")).startswith("https://stoplight.io/prism/errors")]
-        if found or prism_made:
-            lines = [f"Prism ({s.prism.mode}, stack '{s.name}', log {s.prism.log_path}) reported {len(found)} violation(s):"]
-            lines += [f"  - {v}" for v in found]
-            detail = [e for e in s.tap.since(tmark) if e.violations or e.problem]
-            if detail:
-                lines.append("  exchanges with violations (from the tap):")
-                lines += [f"    * {e.describe()}" for e in detail]
-            report.append("\n".join(lines))
+    report = [violation_report(s.name, s.prism, s.tap, m, tm, extra) for s, m, tm in marks]
+    report = [r for r in report if r]
     if report:
         pytest.fail("OpenAPI violations (the spec is the contract; see shared/reference/metal-api/SOURCE.md):\n" + "\n".join(report), pytrace=False)
 

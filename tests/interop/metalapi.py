@@ -14,14 +14,33 @@ from cmiclient import PROJECT, TOKEN
 
 
 class MetalApi:
-    def __init__(self, base_url: str, token: str = TOKEN, project: str = PROJECT):
+    def __init__(self, base_url: str, token: str = TOKEN, project: str = PROJECT, retries: int = 0):
+        """retries > 0: GET and DELETE are retried on connection errors, 429 and 5xx (for
+        stacks with injected faults)."""
         self.base = base_url.rstrip("/")
         self.project = project
+        self.retries = retries
         self.s = requests.Session()
         self.s.headers.update({"X-Auth-Token": token, "Accept": "application/json"})
 
+    def _idempotent(self, method: str, url: str, **kw) -> requests.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                r = self.s.request(method, url, timeout=30, **kw)
+            except requests.ConnectionError:
+                if attempt == self.retries:
+                    raise
+                self.s.close()
+                time.sleep(0.1)
+                continue
+            if r.status_code in (429, 500, 502, 503, 504) and attempt < self.retries:
+                time.sleep(min(float(r.headers.get("Retry-After") or 0.2), 2.0))
+                continue
+            return r
+        raise AssertionError("unreachable")
+
     def get_device(self, device_id: str) -> requests.Response:
-        return self.s.get(f"{self.base}/devices/{device_id}", timeout=30)
+        return self._idempotent("GET", f"{self.base}/devices/{device_id}")
 
     def create_device(self, **body) -> dict:
         r = self.s.post(f"{self.base}/projects/{self.project}/devices", json=body, timeout=30)
@@ -36,7 +55,7 @@ class MetalApi:
             params = {"page": page, "per_page": per_page}
             if tag:
                 params["tag"] = tag
-            r = self.s.get(f"{self.base}/projects/{self.project}/devices", params=params, timeout=30)
+            r = self._idempotent("GET", f"{self.base}/projects/{self.project}/devices", params=params)
             assert r.status_code == 200, f"list devices: {r.status_code} {r.text[:500]}"
             body = r.json()
             out.extend(body.get("devices", []))
@@ -59,4 +78,4 @@ class MetalApi:
         raise AssertionError(f"device {device_id} not in {states} after {timeout}s; last={last and last.get('state')}")
 
     def delete_device(self, device_id: str) -> int:
-        return self.s.delete(f"{self.base}/devices/{device_id}", timeout=30).status_code
+        return self._idempotent("DELETE", f"{self.base}/devices/{device_id}").status_code

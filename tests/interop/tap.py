@@ -54,6 +54,7 @@ class Exchange:
     path: str
     status: int | None
     seconds: float
+    started: float = 0.0  # time.monotonic() when the request arrived
     request_json: object = None
     response_headers: dict = field(default_factory=dict)
     violations: list = field(default_factory=list)
@@ -123,7 +124,7 @@ class Tap:
                 if body or self.command in ("POST", "PUT", "PATCH"):
                     headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(tap.up_host, tap.up_port, timeout=120)
-                ex = Exchange(seq=0, method=self.command, path=self.path, status=None, seconds=0.0, request_json=req_json)
+                ex = Exchange(seq=0, method=self.command, path=self.path, status=None, seconds=0.0, started=started, request_json=req_json)
                 try:
                     conn.request(self.command, tap.up_prefix + self.path, body=body if body else None, headers=headers)
                     resp = conn.getresponse()
