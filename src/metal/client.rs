@@ -780,3 +780,845 @@ impl TokenBucket {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, sync::atomic::AtomicUsize};
+
+    use axum::{Router, extract::Request as AxRequest, response::IntoResponse};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::{
+        metal::{DeviceActionType, DeviceState},
+        secret::Secret,
+        telemetry::metrics::Metrics,
+    };
+
+    const TOKEN: &str = "tok-SECRET-0123456789";
+
+    /// What the test server saw of one request.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        method: String,
+        path: String,
+        query: HashMap<String, String>,
+        headers: HashMap<String, String>,
+        body: Vec<u8>,
+    }
+
+    /// What the test server answers.
+    struct Reply {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+        delay: Duration,
+    }
+
+    fn reply(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    impl Reply {
+        fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+            self.headers.push((name, value.into()));
+            self
+        }
+        fn delay(mut self, delay: Duration) -> Self {
+            self.delay = delay;
+            self
+        }
+    }
+
+    type Log = Arc<Mutex<Vec<Seen>>>;
+
+    /// An axum server on 127.0.0.1:0 that records every request and answers with
+    /// `respond(index of this request, request)`.
+    async fn server<F>(respond: F) -> (String, Log)
+    where
+        F: Fn(usize, &Seen) -> Reply + Send + Sync + 'static,
+    {
+        let log: Log = Arc::default();
+        let respond = Arc::new(respond);
+        let handler_log = log.clone();
+        let app = Router::new().fallback(move |req: AxRequest| {
+            let log = handler_log.clone();
+            let respond = respond.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .unwrap_or_default()
+                    .to_vec();
+                let query = parts
+                    .uri
+                    .query()
+                    .map(|q| {
+                        reqwest::Url::parse(&format!("http://x/?{q}"))
+                            .unwrap()
+                            .query_pairs()
+                            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let headers = parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                    .collect();
+                let seen = Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_owned(),
+                    query,
+                    headers,
+                    body,
+                };
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(seen.clone());
+                    log.len() - 1
+                };
+                let r = respond(index, &seen);
+                if !r.delay.is_zero() {
+                    tokio::time::sleep(r.delay).await;
+                }
+                let mut resp = (StatusCode::from_u16(r.status).unwrap(), r.body).into_response();
+                if !resp.headers().contains_key(header::CONTENT_TYPE) || r.status >= 200 {
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+                for (k, v) in r.headers {
+                    resp.headers_mut()
+                        .insert(k, HeaderValue::from_str(&v).unwrap());
+                }
+                resp
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (format!("http://{addr}"), log)
+    }
+
+    /// A raw TCP server for what axum cannot do: for request `i` it reads the whole request,
+    /// then writes `script[i]` (the last entry repeats) and closes, or with `None` closes
+    /// without answering.
+    async fn raw_server(script: Vec<Option<String>>) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if !read_request(&mut stream).await {
+                    continue;
+                }
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let answer = script.get(n).or(script.last()).cloned().flatten();
+                if let Some(answer) = answer {
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                }
+                drop(stream);
+            }
+        });
+        (format!("http://{addr}"), count)
+    }
+
+    async fn read_request(stream: &mut TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return false;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + len {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return false;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                return true;
+            }
+        }
+    }
+
+    fn http_ok(status: &str, body: &str) -> Option<String> {
+        Some(format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    fn config(base: &str) -> ClientConfig {
+        ClientConfig {
+            base_url: base.to_owned(),
+            request_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(50),
+            ..Default::default()
+        }
+    }
+
+    fn client(base: &str) -> MetalClient {
+        MetalClient::new(config(base), None).unwrap()
+    }
+
+    fn call() -> Call {
+        Call::new(Secret::new(TOKEN.to_owned()))
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn device_json(n: u128) -> String {
+        serde_json::json!({"id": id(n), "hostname": format!("m-{n}"), "state": "active"})
+            .to_string()
+    }
+
+    fn create_input() -> DeviceCreateInput {
+        DeviceCreateInput {
+            metro: Some("sv".into()),
+            plan: "c3.small.x86".into(),
+            operating_system: "ubuntu_22_04".into(),
+            hostname: Some("m-1".into()),
+            userdata: Some(Secret::new("#cloud-config secret-userdata".into())),
+            ..Default::default()
+        }
+    }
+
+    fn hits(log: &Log) -> usize {
+        log.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn get_sends_auth_headers_and_joins_a_prefixed_base() {
+        let (base, log) = server(|_, seen| {
+            if seen.path == format!("/metal/v1/devices/{}", id(7)) {
+                reply(200, device_json(7))
+                    .header("deprecation", "@1700000000")
+                    .header("sunset", "Tue, 30 Jun 2026 00:00:00 GMT")
+            } else {
+                reply(404, r#"{"error":"no such path"}"#)
+            }
+        })
+        .await;
+        for prefix in ["/metal/v1", "/metal/v1/"] {
+            let d = client(&format!("{base}{prefix}"))
+                .get_device(&call(), id(7))
+                .await
+                .unwrap();
+            assert_eq!(d.id, Some(id(7)));
+            assert_eq!(d.hostname.as_deref(), Some("m-7"));
+            assert_eq!(d.state, Some(DeviceState::Active));
+        }
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        for s in seen {
+            assert_eq!(s.method, "GET");
+            assert_eq!(
+                s.headers.get("x-auth-token").map(String::as_str),
+                Some(TOKEN)
+            );
+            assert_eq!(
+                s.headers.get("accept").map(String::as_str),
+                Some("application/json")
+            );
+            assert!(
+                s.headers
+                    .get("user-agent")
+                    .is_some_and(|ua| ua.starts_with("metal-driver/"))
+            );
+            assert!(s.body.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn base_without_prefix_works() {
+        let (base, log) = server(|_, seen| {
+            if seen.path == format!("/devices/{}", id(3)) {
+                reply(200, device_json(3))
+            } else {
+                reply(404, "")
+            }
+        })
+        .await;
+        for b in [base.clone(), format!("{base}/")] {
+            assert_eq!(
+                client(&b).get_device(&call(), id(3)).await.unwrap().id,
+                Some(id(3))
+            );
+        }
+        assert_eq!(hits(&log), 2);
+    }
+
+    #[tokio::test]
+    async fn lists_every_page_in_order_when_the_server_caps_per_page() {
+        let project = id(99);
+        let (base, log) = server(move |_, seen| {
+            assert_eq!(seen.path, format!("/projects/{project}/devices"));
+            let page: i64 = seen.query["page"].parse().unwrap();
+            let per_page: i64 = seen.query["per_page"].parse::<i64>().unwrap().min(2); // capped
+            let total = 5i64;
+            let last = (total + per_page - 1) / per_page;
+            let ids: Vec<serde_json::Value> = ((page - 1) * per_page + 1..=(page * per_page).min(total))
+                .map(|n| serde_json::from_str(&device_json(n as u128)).unwrap())
+                .collect();
+            let mut meta = serde_json::json!({"current_page": page, "last_page": last, "total": total});
+            if page < last {
+                // A host we must not follow.
+                meta["next"] = serde_json::json!({"href": format!("http://evil.invalid/projects/x/devices?page={}", page + 1)});
+            }
+            reply(200, serde_json::json!({"devices": ids, "meta": meta}).to_string())
+        })
+        .await;
+        let q = ListQuery {
+            tag: Some("cluster:shoot--a".into()),
+            hostname: Some("m-".into()),
+        };
+        let devices = client(&base)
+            .list_project_devices(&call(), project, &q)
+            .await
+            .unwrap();
+        let got: Vec<Uuid> = devices.iter().map(|d| d.id.unwrap()).collect();
+        assert_eq!(got, (1..=5).map(id).collect::<Vec<_>>());
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3);
+        for (i, s) in seen.iter().enumerate() {
+            assert_eq!(s.query["page"], (i + 1).to_string());
+            assert_eq!(s.query["per_page"], "1000");
+            assert_eq!(s.query["tag"], "cluster:shoot--a");
+            assert_eq!(s.query["hostname"], "m-");
+            assert_eq!(
+                s.headers.get("x-auth-token").map(String::as_str),
+                Some(TOKEN)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn delete_sends_force_delete_as_query_without_body() {
+        let (base, log) = server(|_, _| reply(204, "")).await;
+        let c = client(&base);
+        c.delete_device(&call(), id(5), true).await.unwrap();
+        c.delete_device(&call(), id(5), false).await.unwrap();
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].method, "DELETE");
+        assert_eq!(seen[0].path, format!("/devices/{}", id(5)));
+        assert_eq!(
+            seen[0].query.get("force_delete").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            seen[1].query.get("force_delete").map(String::as_str),
+            Some("false")
+        );
+        assert!(seen.iter().all(|s| s.body.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn update_and_action_send_json_bodies() {
+        let (base, log) = server(|_, seen| match seen.method.as_str() {
+            "PUT" => reply(200, device_json(8)),
+            _ => reply(202, ""),
+        })
+        .await;
+        let c = client(&base);
+        let upd = DeviceUpdateInput {
+            locked: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.update_device(&call(), id(8), &upd).await.unwrap().id,
+            Some(id(8))
+        );
+        let act = DeviceActionInput {
+            type_: DeviceActionType::PowerOff,
+            force_delete: None,
+        };
+        c.perform_action(&call(), id(8), &act).await.unwrap();
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen[0].method, "PUT");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&seen[0].body).unwrap(),
+            serde_json::json!({"locked": false})
+        );
+        assert_eq!(seen[1].method, "POST");
+        assert_eq!(seen[1].path, format!("/devices/{}/actions", id(8)));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&seen[1].body).unwrap(),
+            serde_json::json!({"type": "power_off"})
+        );
+        for s in &seen {
+            assert_eq!(
+                s.headers.get("content-type").map(String::as_str),
+                Some("application/json")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn create_posts_the_input_and_decodes_201() {
+        let (base, log) = server(|_, _| reply(201, device_json(1))).await;
+        let d = client(&base)
+            .create_device(&call(), id(99), &create_input())
+            .await
+            .unwrap();
+        assert_eq!(d.id, Some(id(1)));
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen[0].method, "POST");
+        assert_eq!(seen[0].path, format!("/projects/{}/devices", id(99)));
+        let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+        assert_eq!(body["metro"], "sv");
+        assert_eq!(body["userdata"], "#cloud-config secret-userdata");
+    }
+
+    #[tokio::test]
+    async fn get_429_with_retry_after_is_retried_after_the_delay() {
+        let (base, log) = server(|i, _| {
+            if i == 0 {
+                reply(429, r#"{"error":"slow down"}"#).header("retry-after", "1")
+            } else {
+                reply(200, device_json(2))
+            }
+        })
+        .await;
+        let metrics = Metrics::new();
+        let mut cfg = config(&base);
+        cfg.backoff_max = Duration::from_secs(5);
+        let c = MetalClient::new(cfg, Some(metrics.metal.clone())).unwrap();
+        let started = Instant::now();
+        let d = c.get_device(&call(), id(2)).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(d.id, Some(id(2)));
+        assert_eq!(hits(&log), 2);
+        assert!(
+            elapsed >= Duration::from_millis(900),
+            "Retry-After not honoured: {elapsed:?}"
+        );
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"metal_driver_metal_api_retries_total{endpoint="findDeviceById",reason="429"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"metal_driver_metal_api_requests_total{endpoint="findDeviceById",status="429"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"metal_driver_metal_api_requests_total{endpoint="findDeviceById",status="200"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn create_is_not_retried_on_503() {
+        let (base, log) = server(|_, _| reply(503, r#"{"errors":["maintenance"]}"#)).await;
+        let err = client(&base)
+            .create_device(&call(), id(99), &create_input())
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(503));
+        assert!(err.may_have_committed());
+        assert_eq!(err.api_message(), Some("maintenance"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(hits(&log), 1);
+    }
+
+    #[tokio::test]
+    async fn create_is_not_retried_on_a_dropped_connection() {
+        let (base, count) = raw_server(vec![None, http_ok("201 Created", &device_json(1))]).await;
+        let err = client(&base)
+            .create_device(&call(), id(99), &create_input())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+        assert!(err.may_have_committed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn create_and_action_are_retried_on_429() {
+        let (base, log) = server(|i, seen| match (i % 2, seen.path.ends_with("/actions")) {
+            (0, _) => reply(429, "").header("retry-after", "0"),
+            (_, false) => reply(201, device_json(1)),
+            (_, true) => reply(202, ""),
+        })
+        .await;
+        let c = client(&base);
+        assert_eq!(
+            c.create_device(&call(), id(99), &create_input())
+                .await
+                .unwrap()
+                .id,
+            Some(id(1))
+        );
+        let act = DeviceActionInput {
+            type_: DeviceActionType::Reboot,
+            force_delete: None,
+        };
+        c.perform_action(&call(), id(1), &act).await.unwrap();
+        assert_eq!(hits(&log), 4);
+    }
+
+    #[tokio::test]
+    async fn idempotent_requests_retry_5xx_and_transport_errors() {
+        let (base, log) = server(|i, _| match i {
+            0 => reply(502, "<html>bad gateway</html>"),
+            1 => reply(503, ""),
+            _ => reply(200, device_json(4)),
+        })
+        .await;
+        assert_eq!(
+            client(&base).get_device(&call(), id(4)).await.unwrap().id,
+            Some(id(4))
+        );
+        assert_eq!(hits(&log), 3);
+
+        let (base, count) = raw_server(vec![None, None, http_ok("204 No Content", "")]).await;
+        client(&base)
+            .delete_device(&call(), id(4), false)
+            .await
+            .unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn non_retryable_statuses_and_exhaustion() {
+        for (status, is_404) in [(501, false), (404, true), (422, false), (401, false)] {
+            let (base, log) = server(move |_, _| reply(status, r#"{"errors":["nope"]}"#)).await;
+            let err = client(&base).get_device(&call(), id(1)).await.unwrap_err();
+            assert_eq!(err.status(), Some(status));
+            assert_eq!(err.is_not_found(), is_404);
+            assert_eq!(hits(&log), 1, "{status} must not be retried");
+        }
+        let (base, log) = server(|_, _| reply(503, "")).await;
+        let mut cfg = config(&base);
+        cfg.max_retries = 2;
+        let err = MetalClient::new(cfg, None)
+            .unwrap()
+            .get_device(&call(), id(1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(503));
+        assert_eq!(hits(&log), 3);
+    }
+
+    #[tokio::test]
+    async fn success_cut_off_mid_body_is_a_transport_error() {
+        let cut = Some(
+            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{\"id\":"
+                .to_owned(),
+        );
+        let (base, count) = raw_server(vec![cut]).await;
+        let err = client(&base)
+            .create_device(&call(), id(99), &create_input())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+        assert!(err.may_have_committed());
+        assert_eq!(count.load(Ordering::SeqCst), 1, "a create is never retried");
+    }
+
+    #[tokio::test]
+    async fn error_body_shapes_become_messages() {
+        let long = "x".repeat(5000);
+        let bodies = vec![
+            r#"{"error":"bad plan"}"#.to_owned(),
+            r#"{"errors":["a","b"]}"#.to_owned(),
+            String::new(),
+            "<html>\n<body>oops\tthere</body></html>".to_owned(),
+            long.clone(),
+            r#"{"message":"other shape"}"#.to_owned(),
+            r#"{"errors":[]}"#.to_owned(),
+        ];
+        let served = bodies.clone();
+        let (base, _) = server(move |i, _| reply(422, served[i].clone())).await;
+        let c = client(&base);
+        let mut messages = Vec::new();
+        for _ in &bodies {
+            let err = c.get_device(&call(), id(1)).await.unwrap_err();
+            assert_eq!(err.status(), Some(422));
+            messages.push(err.api_message().unwrap().to_owned());
+        }
+        assert_eq!(messages[0], "bad plan");
+        assert_eq!(messages[1], "a; b");
+        assert_eq!(messages[2], "Unprocessable Entity");
+        assert_eq!(messages[3], "<html> <body>oops there</body></html>");
+        assert_eq!(messages[4].chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
+        assert!(messages[4].ends_with('…'));
+        assert_eq!(messages[5], r#"{"message":"other shape"}"#);
+        assert_eq!(messages[6], r#"{"errors":[]}"#);
+    }
+
+    #[tokio::test]
+    async fn error_message_never_contains_the_request_body() {
+        let (base, _) = server(|_, _| reply(500, "")).await;
+        let err = client(&base)
+            .create_device(&call(), id(99), &create_input())
+            .await
+            .unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("secret-userdata"), "{text}");
+        assert!(!text.contains(TOKEN), "{text}");
+    }
+
+    #[tokio::test]
+    async fn deadline_cuts_a_slow_attempt() {
+        let (base, log) =
+            server(|_, _| reply(200, device_json(1)).delay(Duration::from_secs(5))).await;
+        let started = Instant::now();
+        let c = call().with_deadline(Some(Instant::now() + Duration::from_millis(200)));
+        let err = client(&base).get_device(&c, id(1)).await.unwrap_err();
+        assert!(matches!(err, Error::Deadline { .. }), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(hits(&log), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_that_would_overrun_the_deadline_returns_the_last_error() {
+        let (base, log) =
+            server(|_, _| reply(503, r#"{"error":"busy"}"#).header("retry-after", "10")).await;
+        let mut cfg = config(&base);
+        cfg.backoff_max = Duration::from_secs(30);
+        let started = Instant::now();
+        let c = call().with_deadline(Some(Instant::now() + Duration::from_secs(2)));
+        let err = MetalClient::new(cfg, None)
+            .unwrap()
+            .get_device(&c, id(1))
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Status {
+                status: 503,
+                retry_after,
+                message,
+                ..
+            } => {
+                assert_eq!(*retry_after, Some(Duration::from_secs(10)));
+                assert_eq!(message, "busy");
+            }
+            other => panic!("expected the 503, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(hits(&log), 1);
+    }
+
+    #[tokio::test]
+    async fn a_passed_deadline_sends_nothing() {
+        let (base, log) = server(|_, _| reply(200, device_json(1))).await;
+        let c = call().with_deadline(Some(Instant::now()));
+        let err = client(&base).get_device(&c, id(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Deadline {
+                    endpoint: "findDeviceById"
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(hits(&log), 0);
+    }
+
+    #[tokio::test]
+    async fn request_timeout_retries_gets_but_not_posts() {
+        let (base, log) =
+            server(|_, _| reply(201, device_json(1)).delay(Duration::from_secs(3))).await;
+        let mut cfg = config(&base);
+        cfg.request_timeout = Duration::from_millis(200);
+        cfg.max_retries = 1;
+        let c = MetalClient::new(cfg, None).unwrap();
+        let err = c
+            .create_device(&call(), id(99), &create_input())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Deadline { .. }), "{err:?}");
+        assert!(err.may_have_committed());
+        assert_eq!(hits(&log), 1);
+        let err = c.get_device(&call(), id(1)).await.unwrap_err();
+        assert!(matches!(err, Error::Deadline { .. }), "{err:?}");
+        assert_eq!(hits(&log), 3, "the GET is tried twice");
+    }
+
+    #[tokio::test]
+    async fn oversized_and_undecodable_bodies_are_decode_errors() {
+        let (base, _) = server(|i, _| match i {
+            0 => reply(200, device_json(1)),
+            _ => reply(200, r#"{"id":"hunter2-is-not-a-uuid"}"#),
+        })
+        .await;
+        let mut cfg = config(&base);
+        cfg.max_response_bytes = 20;
+        let err = MetalClient::new(cfg, None)
+            .unwrap()
+            .get_device(&call(), id(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err:?}");
+        let err = client(&base).get_device(&call(), id(1)).await.unwrap_err();
+        match &err {
+            Error::Decode { reason, .. } => {
+                assert!(reason.contains("`id`"), "{reason}");
+                assert!(!reason.contains("hunter2"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_that_is_not_a_header_value_is_never_sent() {
+        let (base, log) = server(|_, _| reply(200, device_json(1))).await;
+        let c = Call::new(Secret::new("bad\ntoken".to_owned()));
+        let err = client(&base).get_device(&c, id(1)).await.unwrap_err();
+        assert_eq!(err.status(), Some(401));
+        assert!(!err.to_string().contains("bad\ntoken"));
+        assert_eq!(hits(&log), 0);
+    }
+
+    #[test]
+    fn debug_never_shows_tokens_or_url_credentials() {
+        let mut cfg = ClientConfig::default();
+        cfg.base_url = "https://user:pa55word@api.example.com/metal/v1?key=sekrit".to_owned();
+        let text = format!("{cfg:?}");
+        assert!(
+            !text.contains("pa55word") && !text.contains("sekrit"),
+            "{text}"
+        );
+        cfg.base_url = "https://user:pa55word@api.example.com/metal/v1".to_owned();
+        let c = MetalClient::new(cfg, None).unwrap();
+        let text = format!("{c:?} {:?}", call());
+        assert!(!text.contains("pa55word"), "{text}");
+        assert!(!text.contains(TOKEN), "{text}");
+        assert!(text.contains("api.example.com"), "{text}");
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let bad = |f: fn(&mut ClientConfig)| {
+            let mut cfg = ClientConfig::default();
+            f(&mut cfg);
+            MetalClient::new(cfg, None).unwrap_err()
+        };
+        assert!(matches!(
+            bad(|c| c.base_url = "ftp://x/".into()),
+            ConfigError::BaseUrl(_)
+        ));
+        assert!(matches!(
+            bad(|c| c.base_url = "not a url".into()),
+            ConfigError::BaseUrl(_)
+        ));
+        assert!(matches!(
+            bad(|c| c.base_url = "https://x/v1?a=b".into()),
+            ConfigError::BaseUrl(_)
+        ));
+        assert!(matches!(
+            bad(|c| c.rate_limit = Some(0.0)),
+            ConfigError::Invalid {
+                field: "rate_limit",
+                ..
+            }
+        ));
+        assert!(matches!(
+            bad(|c| c.rate_limit = Some(f64::NAN)),
+            ConfigError::Invalid { .. }
+        ));
+        assert!(matches!(
+            bad(|c| c.per_page = 0),
+            ConfigError::Invalid {
+                field: "per_page",
+                ..
+            }
+        ));
+        let c = MetalClient::new(ClientConfig::default(), None).unwrap();
+        assert_eq!(
+            c.url("/devices/x"),
+            "https://api.equinix.com/metal/v1/devices/x"
+        );
+        assert_eq!(
+            c.config().user_agent,
+            concat!("metal-driver/", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limit_spaces_requests_and_respects_deadlines() {
+        let (base, log) = server(|_, _| reply(200, device_json(1))).await;
+        let mut cfg = config(&base);
+        cfg.rate_limit = Some(20.0); // burst 20, then one every 50 ms
+        let c = MetalClient::new(cfg, None).unwrap();
+        let started = Instant::now();
+        let calls = (0..30).map(|_| {
+            let c = c.clone();
+            async move { c.get_device(&call(), id(1)).await }
+        });
+        for r in futures::future::join_all(calls).await {
+            r.unwrap();
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(hits(&log), 30);
+        assert!(
+            elapsed >= Duration::from_millis(400),
+            "10 requests beyond the burst at 20/s: {elapsed:?}"
+        );
+        assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+
+        let bucket = TokenBucket::new(1.0);
+        bucket.acquire(None).await.unwrap();
+        let soon = Some(Instant::now() + Duration::from_millis(100));
+        assert!(
+            bucket.acquire(soon).await.is_err(),
+            "the next token is 1 s away"
+        );
+    }
+
+    #[test]
+    fn error_message_helper() {
+        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, br#"{"error":"Not found"}"#),
+            "Not found"
+        );
+        assert_eq!(
+            error_message(StatusCode::NOT_FOUND, b"\xff\xfe"),
+            "\u{fffd}\u{fffd}"
+        );
+        assert_eq!(truncate_chars("ééé", 2), "éé…");
+    }
+}
