@@ -7,7 +7,7 @@
 //! a drop executes the request fully and then closes the connection without writing any
 //! response, so the client sees a transport error although the change happened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -79,12 +79,36 @@ struct Bucket {
     last: Instant,
 }
 
+/// A fault a test schedules for the next requests of one operation (see
+/// [`super::SimHandle::inject`]), so a scenario such as "the create's response is lost"
+/// happens exactly when the test wants it rather than at random.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 429 with `Retry-After`; nothing is executed.
+    TooManyRequests,
+    /// 503 with `Retry-After`; nothing is executed.
+    ServerError,
+    /// Execute the request, then drop the connection without a response.
+    Drop,
+}
+
+impl Fault {
+    fn draw(self) -> Draw {
+        match self {
+            Self::TooManyRequests => Draw::TooManyRequests,
+            Self::ServerError => Draw::ServerError(StatusCode::SERVICE_UNAVAILABLE),
+            Self::Drop => Draw::Drop,
+        }
+    }
+}
+
 /// Fault decisions; one per simulator.
 #[derive(Debug)]
 pub struct Faults {
     cfg: FaultConfig,
     rng: Mutex<StdRng>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    scripted: Mutex<HashMap<String, VecDeque<Fault>>>,
 }
 
 impl Faults {
@@ -94,7 +118,28 @@ impl Faults {
             cfg,
             rng: Mutex::new(rng),
             buckets: Mutex::new(HashMap::new()),
+            scripted: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Schedules `fault` for the next `times` requests of `operation` (an operationId).
+    pub fn script(&self, operation: &str, fault: Fault, times: usize) {
+        let mut scripted = self.scripted.lock().unwrap_or_else(PoisonError::into_inner);
+        scripted
+            .entry(operation.to_owned())
+            .or_default()
+            .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// This request's fault: a scheduled one for `operation` first, else a random draw.
+    pub fn draw_for(&self, operation: &str) -> Draw {
+        let scheduled = self
+            .scripted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(operation)
+            .and_then(VecDeque::pop_front);
+        scheduled.map_or_else(|| self.draw(), Fault::draw)
     }
 
     pub fn config(&self) -> &FaultConfig {
@@ -207,7 +252,7 @@ pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -
         tracing::debug!(operation = op, "rate limit exceeded: 429");
         return too_many(info.retry_after, info.limit, info.reset_in);
     }
-    match app.faults.draw() {
+    match app.faults.draw_for(op) {
         Draw::None => {}
         Draw::TooManyRequests => {
             recorder.fault("429");

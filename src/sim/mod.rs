@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use args::{CapacitySpec, DEFAULT_PROJECT, DEFAULT_TOKEN, ReservationSpec, SimArgs, TokenSpec};
+pub use faults::Fault;
 pub use stats::SimStats;
 
 use crate::metal::types::{Device, DeviceCreateInput};
@@ -107,6 +108,7 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SimHandle> {
     Ok(SimHandle {
         addr,
         state: app.sim,
+        faults: app.faults,
         shutdown,
         task,
     })
@@ -117,11 +119,18 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SimHandle> {
 pub struct SimHandle {
     addr: SocketAddr,
     state: Arc<SimState>,
+    faults: Arc<Faults>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl SimHandle {
+    /// Makes the next `times` requests of `operation` (an operationId such as
+    /// `createDevice`) fail with `fault`, deterministically, for tests.
+    pub fn inject(&self, operation: &str, fault: Fault, times: usize) {
+        self.faults.script(operation, fault, times);
+    }
+
     /// The bound address (the real port when `--listen` used port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
