@@ -134,10 +134,13 @@ fn redact_url(raw: &str) -> String {
 /// A [`ClientConfig`] that cannot work; reported at startup, never per call.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
+    /// `base_url` is not an absolute http(s) URL without query or fragment.
     #[error("invalid Metal API base URL: {0}")]
     BaseUrl(String),
+    /// A numeric setting out of range (`per_page`, `request_timeout`, `rate_limit`).
     #[error("invalid Metal client setting {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// reqwest refused the settings (e.g. the TLS backend failed to initialize).
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
 }
@@ -891,12 +894,10 @@ mod tests {
                     tokio::time::sleep(r.delay).await;
                 }
                 let mut resp = (StatusCode::from_u16(r.status).unwrap(), r.body).into_response();
-                if !resp.headers().contains_key(header::CONTENT_TYPE) || r.status >= 200 {
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                }
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 for (k, v) in r.headers {
                     resp.headers_mut()
                         .insert(k, HeaderValue::from_str(&v).unwrap());
@@ -1514,8 +1515,10 @@ mod tests {
 
     #[test]
     fn debug_never_shows_tokens_or_url_credentials() {
-        let mut cfg = ClientConfig::default();
-        cfg.base_url = "https://user:pa55word@api.example.com/metal/v1?key=sekrit".to_owned();
+        let mut cfg = ClientConfig {
+            base_url: "https://user:pa55word@api.example.com/metal/v1?key=sekrit".to_owned(),
+            ..Default::default()
+        };
         let text = format!("{cfg:?}");
         assert!(
             !text.contains("pa55word") && !text.contains("sekrit"),
