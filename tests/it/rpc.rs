@@ -169,8 +169,10 @@ async fn driver_acts_only_on_its_cluster() {
     let err = env.status("it-foreign", &created.provider_id, &ours, &secrets).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(!env.list(&ours, &secrets).await.unwrap().contains_key(&created.provider_id));
-    // And a delete through our class does not touch it.
-    env.delete("it-foreign", &created.provider_id, &ours, &secrets).await.expect("nothing of ours to delete");
+    // A delete through our class refuses to touch it, and says why.
+    let err = env.delete("it-foreign", &created.provider_id, &ours, &secrets).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("not part of this cluster"), "{}", err.message());
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(env.live_devices().len(), 1, "the other cluster's device survives");
     env.stop().await;
