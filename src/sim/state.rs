@@ -221,11 +221,12 @@ impl SimState {
         if tokens.is_empty() {
             tokens.insert(DEFAULT_TOKEN.to_string(), Access::All);
         }
-        for r in &args.reservations {
-            projects.extend(r.project);
-        }
         if projects.is_empty() {
             projects.insert(DEFAULT_PROJECT);
+        }
+        // A reservation's project exists too (without replacing the default one).
+        for r in &args.reservations {
+            projects.extend(r.project);
         }
         let capacity = args
             .capacity
