@@ -5,6 +5,7 @@
 # wire-compatibility check.
 #
 #   hack/conformance.sh [pytest args...]     e.g. hack/conformance.sh -k errors -x
+#                                            or   hack/conformance.sh tests/interop/test_errors.py
 #
 # Needs: cargo, python3 (3.10+), node + npm; go is optional (grpc-health-probe).
 # Tools are cached in ${METAL_DRIVER_CACHE:-$HOME/.cache/metal-driver} (hack/tools.sh).
@@ -34,9 +35,18 @@ fi
 export PYTHONDONTWRITEBYTECODE=1
 export METAL_DRIVER_INTEROP_LOGS="${METAL_DRIVER_INTEROP_LOGS:-$ROOT/target/interop-logs}"
 
+# Without a test path among the arguments, run the whole suite.
+targets=("$ROOT/tests/interop")
+for a in "$@"; do
+  if [[ "$a" == tests/interop* || "$a" == "$ROOT"/tests/interop* ]]; then
+    targets=()
+    break
+  fi
+done
+
 set +e
 "$METAL_DRIVER_VENV/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$ROOT/tests/interop" \
-  "$ROOT/tests/interop" "$@"
+  "${targets[@]}" "$@"
 rc=$?
 set -e
 

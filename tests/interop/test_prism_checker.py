@@ -198,3 +198,16 @@ def test_scanner_on_canned_log_lines():
     assert found[0].request == f"GET /devices/{rid}" and found[0].upstream_status == 200
     assert found[1].request == "POST /projects/p/devices" and "billing_cycle" in found[1].text
     assert len(accepted) == 1 and accepted[0][0].upstream_status == 429
+
+
+@pytest.mark.prism_allow(
+    "guard-self-test", r"UNPROCESSABLE_ENTITY",
+    "this test sends a request with a non-UUID device id on purpose, to prove the guard sees main-stack traffic")
+def test_guard_sees_the_main_stack_and_honours_prism_allow(main_stack):
+    """The autouse guard watches the stacks a test uses; `prism_allow` accepts a named
+    deviation. Without the marker this very test would fail in teardown."""
+    mark, tmark = main_stack.prism.mark(), main_stack.tap.mark()
+    r = requests.get(f"{main_stack.api_url}/devices/not-a-uuid", headers={"X-Auth-Token": "sim-token"}, timeout=30)
+    assert r.status_code == 422
+    report = violation_report("main", main_stack.prism, main_stack.tap, mark, tmark)
+    assert "UNPROCESSABLE_ENTITY" in report and "/devices/not-a-uuid" in report, report
