@@ -6,6 +6,7 @@
 //! `provider` never imports tonic, kube or reqwest.
 
 pub mod cmi;
+pub mod controller;
 pub mod machine_cli;
 pub mod manifest;
 pub mod metal;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use metal_driver::{cmi, demo, machine_cli, shutdown, sim, telemetry};
+use metal_driver::{cmi, controller, demo, machine_cli, shutdown, sim, telemetry};
 
 /// Equinix Metal provider for Gardener's machine-controller-manager, speaking the Common
 /// Machine Interface (cmi.v1).
@@ -28,6 +28,9 @@ enum Command {
     Serve(cmi::server::ServeArgs),
     /// Run the stateful Equinix Metal API simulator (spec-conformant, with fault injection).
     Sim(sim::SimArgs),
+    /// Run the machine controller: reconcile MCM Machine/MachineClass objects into devices
+    /// through the driver at CMI_ENDPOINT (the CMI client beside MCM).
+    Controller(controller::ControllerArgs),
     /// The whole flow on an embedded simulator, with no account: create → status → list →
     /// shutdown → delete over real gRPC.
     Demo(demo::DemoArgs),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
             Command::Serve(args) => cmi::server::run(args, shutdown).await.map_err(Into::into),
             Command::Sim(args) => sim::run(args, shutdown).await.map_err(Into::into),
+            Command::Controller(args) => controller::run(args, shutdown).await.map_err(Into::into),
             Command::Demo(args) => demo::run(args).await.map_err(Into::into),
             Command::Machine(args) => machine_cli::run(args).await.map_err(Into::into),
         };

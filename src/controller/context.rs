@@ -1,0 +1,78 @@
+//! What every reconcile sees: the clients (control cluster, optional target cluster, the CMI
+//! driver), the timeouts and retry periods, what the driver can do, and the metrics. Shared as
+//! `Arc<Context>`; the controller holds no globals.
+
+use std::{collections::HashSet, time::Duration};
+
+use kube::Client;
+
+use crate::{
+    cmi::{client::CmiClient, v1::plugin_capability::rpc::Type as RpcType},
+    telemetry::Metrics,
+};
+
+use super::status::RetryPeriods;
+
+/// Node condition types that make a Node unhealthy unless `False` (MCM's `--node-conditions`
+/// default).
+pub const DEFAULT_BAD_NODE_CONDITIONS: &[&str] = &[
+    "KernelDeadlock",
+    "ReadonlyFilesystem",
+    "DiskPressure",
+    "NetworkUnavailable",
+];
+
+/// Tunables, from the flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The namespace holding Machines, MachineClasses and Secrets (`--namespace`).
+    pub namespace: String,
+    /// Pending longer than this (from creation) → Failed; create errors → Failed after it.
+    pub creation_timeout: Duration,
+    /// Unknown longer than this → Failed.
+    pub health_timeout: Duration,
+    /// Accepted for MCM compatibility; drain is cordon-only, so nothing waits on it.
+    pub drain_timeout: Duration,
+    /// How often orphan collection runs.
+    pub orphan_period: Duration,
+    /// MCM's retry periods.
+    pub retry: RetryPeriods,
+    /// How often Pending/Running/Unknown machines are re-checked against their Node even
+    /// without a Node event (MCM re-checks timeouts every minute).
+    pub health_recheck: Duration,
+}
+
+/// The driver's advertised RPCs (GetPluginCapabilities at start-up).
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities(pub HashSet<RpcType>);
+
+impl Capabilities {
+    /// Whether the driver advertised `rpc`.
+    pub fn has(&self, rpc: RpcType) -> bool {
+        self.0.contains(&rpc)
+    }
+}
+
+/// Shared by all reconciles.
+pub struct Context {
+    /// Control cluster: Machines, MachineClasses, Secrets, the Lease.
+    pub client: Client,
+    /// Target cluster (the shoot): Nodes. `None` with `--target-kubeconfig=none`.
+    pub target: Option<Client>,
+    /// The driver.
+    pub cmi: CmiClient,
+    /// What the driver can do. Without GET_MACHINE_STATUS the create flow treats the call
+    /// as Unimplemented and relies on `spec.providerID` alone.
+    pub capabilities: Capabilities,
+    /// Tunables.
+    pub config: Config,
+    /// Metric families.
+    pub metrics: Metrics,
+}
+
+impl Context {
+    /// Whether Nodes are managed (a target cluster is configured).
+    pub fn has_target(&self) -> bool {
+        self.target.is_some()
+    }
+}

@@ -1,0 +1,226 @@
+//! `controller::Error`: one variant per failure source. Every variant knows how long to wait
+//! before the next attempt ([`Error::retry_after`], from the one table in
+//! [`super::status::RetryPeriods`]) and its Prometheus label ([`Error::metric_label`]).
+//!
+//! Messages name objects, keys and codes, never Secret values.
+
+use std::time::Duration;
+
+use kube::runtime::finalizer;
+use tonic::Code;
+
+use super::status::{self, RetryPeriods};
+
+/// A failed reconcile, or a failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed. A 409 (lost an optimistic-concurrency race) is retried
+    /// after MCM's ConflictRetry, anything else after ShortRetry.
+    #[error("{action} failed: {source}")]
+    Kube {
+        /// What we were doing (`patch Machine status`, …).
+        action: &'static str,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// The driver answered a CMI call with an error status. Retried per MCM's table for
+    /// the RPC (create-flow or delete-flow periods).
+    #[error("{rpc} failed: {}", status::machine_codes_error(*code, message))]
+    Cmi {
+        /// The RPC (`DeleteMachine`, …).
+        rpc: &'static str,
+        /// The gRPC code.
+        code: Code,
+        /// The driver's message (drivers redact secrets from it).
+        message: String,
+    },
+
+    /// `spec.class` does not name a MachineClass; nothing happens until the Machine changes.
+    #[error("spec.class must refer to a MachineClass by name (kind {kind:?}, name {name:?})")]
+    InvalidClassRef {
+        /// `spec.class.kind` as found.
+        kind: String,
+        /// `spec.class.name` as found.
+        name: String,
+    },
+
+    /// The referenced MachineClass does not exist (yet): retried soon, and its creation
+    /// triggers a reconcile anyway.
+    #[error("MachineClass {name:?} not found")]
+    ClassNotFound {
+        /// The class name.
+        name: String,
+    },
+
+    /// The merged Secrets lack `userData`, which CreateMachine needs. Retried after
+    /// ShortRetry as MCM does.
+    #[error("the MachineClass Secrets have no non-empty userData (keys present: [{keys}])")]
+    MissingUserData {
+        /// The keys that are present (names only).
+        keys: String,
+    },
+
+    /// The driver answered OK without the ProviderID (or NodeName, with a target cluster):
+    /// MCM's Internal/MediumRetry case.
+    #[error("the driver's {rpc} answer lacks {field}")]
+    IncompleteResponse {
+        /// The RPC.
+        rpc: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+
+    /// The kube-runtime finalizer helper failed (adding/removing the finalizer, or our
+    /// Apply/Cleanup inside it).
+    #[error("{0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+
+    /// Could not build a Kubernetes client from the kubeconfig flags.
+    #[error("kubeconfig {path:?}: {reason}")]
+    Kubeconfig {
+        /// The flag value.
+        path: String,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// Could not reach the driver at start-up.
+    #[error(transparent)]
+    Connect(#[from] crate::cmi::client::ClientError),
+
+    /// The side port could not be bound.
+    #[error("cannot bind the HTTP side port {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Another replica took the lease, or renewing it failed past the renew deadline. The
+    /// process exits so that it restarts as a follower (client-go behaves the same way).
+    #[error("leader election lost: {0}")]
+    LeadershipLost(String),
+}
+
+/// Results in this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A Kubernetes API failure while doing `action`.
+    pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| Self::Kube { action, source }
+    }
+
+    /// A CMI failure of `rpc`.
+    pub fn cmi(rpc: &'static str, status: &tonic::Status) -> Self {
+        Self::Cmi {
+            rpc,
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+
+    /// How long to wait before reconciling again.
+    pub fn retry_after(&self, periods: &RetryPeriods) -> Duration {
+        match self {
+            Self::Kube { source, .. } => {
+                if is_conflict(source) {
+                    periods.conflict
+                } else {
+                    periods.short
+                }
+            }
+            Self::Cmi {
+                rpc: "DeleteMachine",
+                code,
+                ..
+            } => periods.after_delete_error(*code),
+            Self::Cmi { code, .. } => periods.after_create_error(*code),
+            Self::InvalidClassRef { .. } => periods.long,
+            Self::ClassNotFound { .. } | Self::MissingUserData { .. } => periods.short,
+            Self::IncompleteResponse { .. } => periods.medium,
+            Self::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    e.retry_after(periods)
+                }
+                finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+                    if is_conflict(e) {
+                        periods.conflict
+                    } else {
+                        periods.short
+                    }
+                }
+                _ => periods.medium,
+            },
+            Self::Kubeconfig { .. }
+            | Self::Connect(_)
+            | Self::Bind { .. }
+            | Self::LeadershipLost(_) => periods.medium,
+        }
+    }
+
+    /// The `reason` label of `metal_driver_controller_reconcile_failures_total`.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Self::Kube { source, .. } if is_conflict(source) => "kube_conflict".into(),
+            Self::Kube { .. } => "kube_api".into(),
+            Self::Cmi { code, .. } => format!("cmi_{}", status::code_name(*code)),
+            Self::InvalidClassRef { .. } => "invalid_class_ref".into(),
+            Self::ClassNotFound { .. } => "class_not_found".into(),
+            Self::MissingUserData { .. } => "missing_user_data".into(),
+            Self::IncompleteResponse { .. } => "incomplete_response".into(),
+            Self::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
+                finalizer::Error::AddFinalizer(_) => "add_finalizer".into(),
+                finalizer::Error::RemoveFinalizer(_) => "remove_finalizer".into(),
+                _ => "finalizer".into(),
+            },
+            Self::Kubeconfig { .. } => "kubeconfig".into(),
+            Self::Connect(_) => "connect".into(),
+            Self::Bind { .. } => "bind".into(),
+            Self::LeadershipLost(_) => "leadership_lost".into(),
+        }
+    }
+}
+
+/// Whether the API server refused a write because the object changed underneath us.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// Whether the API server answered 404.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_and_create_use_their_own_rows() {
+        let p = RetryPeriods::default();
+        let del = Error::Cmi {
+            rpc: "DeleteMachine",
+            code: Code::Internal,
+            message: String::new(),
+        };
+        let create = Error::Cmi {
+            rpc: "CreateMachine",
+            code: Code::Internal,
+            message: String::new(),
+        };
+        assert_eq!(del.retry_after(&p), p.long);
+        assert_eq!(create.retry_after(&p), p.medium);
+        assert_eq!(create.metric_label(), "cmi_Internal");
+        let wrapped = Error::Finalizer(Box::new(finalizer::Error::CleanupFailed(del)));
+        assert_eq!(wrapped.retry_after(&p), p.long);
+        assert_eq!(wrapped.metric_label(), "cmi_Internal");
+    }
+}

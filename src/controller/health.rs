@@ -1,0 +1,441 @@
+//! Machine health from Node conditions (MCM's `reconcileMachineHealth`), as a pure function
+//! of the Machine, its Node and the clock so every transition is unit-tested:
+//!
+//! | phase   | Node                         | → phase / lastOperation                         |
+//! |---------|------------------------------|-------------------------------------------------|
+//! | Pending | healthy                      | Running; Create Successful ("joined")           |
+//! | Pending | not (yet) healthy, past the creation timeout | Failed; Create Failed          |
+//! | Running | unhealthy or missing         | Unknown; HealthCheck Processing                 |
+//! | Unknown | healthy                      | Running; HealthCheck Successful                 |
+//! | Unknown | unhealthy past the health timeout | Failed; HealthCheck Failed                 |
+//!
+//! Healthy = `Ready` is `True` and every "bad" condition type (MCM's `--node-conditions`
+//! default, or `spec.nodeConditions`) is not `True`. Node conditions are copied into
+//! `status.conditions` when their type/status/reason/message change (heartbeat times are
+//! ignored so a kubelet heartbeat does not cost a status write). The creation timeout counts
+//! from `metadata.creationTimestamp`, the health timeout from `currentStatus.lastUpdateTime`.
+//! Not done (MCM does): waiting for the `critical-components-not-ready` taint, and the
+//! per-MachineDeployment permit that limits health-timeout replacements to one at a time.
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    api::core::v1::{Node, NodeCondition},
+    jiff::Timestamp,
+};
+
+use super::{
+    context::{Config, DEFAULT_BAD_NODE_CONDITIONS},
+    crd::Machine,
+    duration,
+    status::{self, StatusUpdate, elapsed, last_op, op, phase, state},
+};
+
+/// What the health check decided.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Outcome {
+    /// Status to write (may be empty).
+    pub update: StatusUpdate,
+    /// When to look again without a Node event; `None` when no timeout is counting.
+    pub recheck: Option<Duration>,
+}
+
+/// The machine's creation and health timeouts: `spec` overrides, else the flags. `None`
+/// health timeout when `spec.disableHealthTimeout` is set. An unparsable override falls back
+/// to the flag (logged), so a typo cannot make a machine time out at once.
+pub fn timeouts(m: &Machine, cfg: &Config) -> (Duration, Option<Duration>) {
+    let pick = |field: &str, value: &Option<String>, default: Duration| {
+        match value.as_deref() {
+        None | Some("") => default,
+        Some(v) => duration::parse(v).unwrap_or_else(|e| {
+            tracing::warn!(machine = m.metadata.name.as_deref(), field, error = %e, "ignoring spec override");
+            default
+        }),
+    }
+    };
+    let creation = pick(
+        "creationTimeout",
+        &m.spec.creation_timeout,
+        cfg.creation_timeout,
+    );
+    let health = pick("healthTimeout", &m.spec.health_timeout, cfg.health_timeout);
+    let health = (m.spec.disable_health_timeout != Some(true)).then_some(health);
+    (creation, health)
+}
+
+/// The condition types that make a Node unhealthy unless `False`.
+pub fn bad_conditions(m: &Machine) -> Vec<String> {
+    match m
+        .spec
+        .node_conditions
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => DEFAULT_BAD_NODE_CONDITIONS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    }
+}
+
+/// Whether the Node is healthy: Ready=True and no bad condition True.
+pub fn is_healthy(node: &Node, bad: &[String]) -> bool {
+    let conditions = node_conditions(node);
+    let ready = conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    ready
+        && !conditions
+            .iter()
+            .any(|c| c.status == "True" && bad.iter().any(|b| b.eq_ignore_ascii_case(&c.type_)))
+}
+
+fn node_conditions(node: &Node) -> &[NodeCondition] {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or(&[])
+}
+
+fn conditions_changed(old: Option<&[NodeCondition]>, new: &[NodeCondition]) -> bool {
+    let key = |c: &NodeCondition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+        )
+    };
+    let mut a: Vec<_> = old.unwrap_or(&[]).iter().map(key).collect();
+    let mut b: Vec<_> = new.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    a != b
+}
+
+fn summary(node: Option<&Node>) -> String {
+    match node {
+        None => "Node not found".into(),
+        Some(n) => node_conditions(n)
+            .iter()
+            .map(|c| format!("{}={}", c.type_, c.status))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Decides the health transition of a machine whose Node is `node` (looked up by the `node`
+/// label). Only Pending, Running and Unknown machines move; others get no update.
+pub fn evaluate(m: &Machine, node: Option<&Node>, cfg: &Config, now: Timestamp) -> Outcome {
+    let name = m.metadata.name.as_deref().unwrap_or_default();
+    let (creation_timeout, health_timeout) = timeouts(m, cfg);
+    let bad = bad_conditions(m);
+    let healthy = node.is_some_and(|n| is_healthy(n, &bad));
+    let mut out = Outcome::default();
+
+    if let Some(n) = node {
+        let old = m.status.as_ref().and_then(|s| s.conditions.as_deref());
+        if conditions_changed(old, node_conditions(n)) {
+            out.update.conditions = Some(node_conditions(n).to_vec());
+        }
+    }
+
+    let created = m.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let since_update = m
+        .status
+        .as_ref()
+        .and_then(|s| s.current_status.as_ref())
+        .and_then(|c| c.last_update_time.as_ref())
+        .map(|t| t.0);
+    let set = |out: &mut Outcome, ph: &str, active: bool, lo| {
+        out.update.current = Some(status::current(ph, active, now));
+        out.update.last_operation = Some(lo);
+    };
+
+    match m.phase() {
+        phase::PENDING => {
+            let age = created.map_or(Duration::ZERO, |c| elapsed(now, c));
+            if healthy {
+                let lo = last_op(
+                    op::CREATE,
+                    state::SUCCESSFUL,
+                    format!(
+                        "Machine {name} successfully joined the cluster in {}",
+                        duration::format(age)
+                    ),
+                    None,
+                    now,
+                );
+                set(&mut out, phase::RUNNING, false, lo);
+            } else if age >= creation_timeout {
+                let lo = last_op(
+                    op::CREATE,
+                    state::FAILED,
+                    format!(
+                        "Machine {name} failed to join the cluster in {}. {}",
+                        duration::format(creation_timeout),
+                        summary(node)
+                    ),
+                    None,
+                    now,
+                );
+                set(&mut out, phase::FAILED, false, lo);
+            } else {
+                out.recheck = Some(creation_timeout - age);
+            }
+        }
+        phase::RUNNING if !healthy => {
+            let lo = last_op(
+                op::HEALTH_CHECK,
+                state::PROCESSING,
+                format!(
+                    "Machine {name} is unhealthy - changing MachineState to Unknown. Node conditions: {}",
+                    summary(node)
+                ),
+                None,
+                now,
+            );
+            set(&mut out, phase::UNKNOWN, true, lo);
+            out.recheck = health_timeout;
+        }
+        phase::UNKNOWN => {
+            let unhealthy_for = since_update.map_or(Duration::ZERO, |t| elapsed(now, t));
+            if healthy {
+                let lo = last_op(
+                    op::HEALTH_CHECK,
+                    state::SUCCESSFUL,
+                    format!("Machine {name} successfully re-joined the cluster"),
+                    None,
+                    now,
+                );
+                set(&mut out, phase::RUNNING, false, lo);
+            } else if let Some(timeout) = health_timeout {
+                if unhealthy_for >= timeout {
+                    let lo = last_op(
+                        op::HEALTH_CHECK,
+                        state::FAILED,
+                        format!(
+                            "Machine {name} is not healthy since {}. Changing status to failed. Node conditions: {}",
+                            duration::format(timeout),
+                            summary(node)
+                        ),
+                        None,
+                        now,
+                    );
+                    set(&mut out, phase::FAILED, false, lo);
+                } else {
+                    out.recheck = Some(timeout - unhealthy_for);
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::crd::{CurrentStatus, MachineSpec, MachineStatus};
+    use k8s_openapi::{api::core::v1::NodeStatus, apimachinery::pkg::apis::meta::v1::Time};
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn cfg() -> Config {
+        Config {
+            namespace: "ns".into(),
+            creation_timeout: Duration::from_secs(1200),
+            health_timeout: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(7200),
+            orphan_period: Duration::from_secs(900),
+            retry: Default::default(),
+            health_recheck: Duration::from_secs(60),
+        }
+    }
+
+    fn machine(ph: &str, updated: &str) -> Machine {
+        let mut m = Machine::new("m1", MachineSpec::default());
+        m.metadata.creation_timestamp = Some(Time(ts("2026-01-01T00:00:00Z")));
+        m.status = Some(MachineStatus {
+            current_status: Some(CurrentStatus {
+                phase: ph.into(),
+                timeout_active: true,
+                last_update_time: Some(Time(ts(updated))),
+            }),
+            ..Default::default()
+        });
+        m
+    }
+
+    fn node(conds: &[(&str, &str)]) -> Node {
+        Node {
+            status: Some(NodeStatus {
+                conditions: Some(
+                    conds
+                        .iter()
+                        .map(|(t, s)| NodeCondition {
+                            type_: (*t).into(),
+                            status: (*s).into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn phase_of(o: &Outcome) -> Option<&str> {
+        o.update.current.as_ref().map(|c| c.phase.as_str())
+    }
+
+    #[test]
+    fn pending_becomes_running_when_the_node_is_ready() {
+        let m = machine("Pending", "2026-01-01T00:00:00Z");
+        let o = evaluate(
+            &m,
+            Some(&node(&[("Ready", "True"), ("DiskPressure", "False")])),
+            &cfg(),
+            ts("2026-01-01T00:03:00Z"),
+        );
+        assert_eq!(phase_of(&o), Some("Running"));
+        let lo = o.update.last_operation.unwrap();
+        assert_eq!(
+            (lo.type_.as_str(), lo.state.as_str()),
+            ("Create", "Successful")
+        );
+        assert!(
+            lo.description.contains("joined the cluster in 3m0s"),
+            "{}",
+            lo.description
+        );
+        assert!(o.update.conditions.is_some());
+    }
+
+    #[test]
+    fn pending_waits_then_fails_after_the_creation_timeout() {
+        let m = machine("Pending", "2026-01-01T00:00:00Z");
+        let waiting = evaluate(&m, None, &cfg(), ts("2026-01-01T00:15:00Z"));
+        assert_eq!(phase_of(&waiting), None);
+        assert_eq!(waiting.recheck, Some(Duration::from_secs(300)));
+        let not_ready = node(&[("Ready", "False")]);
+        let failed = evaluate(&m, Some(&not_ready), &cfg(), ts("2026-01-01T00:20:00Z"));
+        assert_eq!(phase_of(&failed), Some("Failed"));
+        let lo = failed.update.last_operation.unwrap();
+        assert_eq!((lo.type_.as_str(), lo.state.as_str()), ("Create", "Failed"));
+        assert!(
+            lo.description
+                .contains("failed to join the cluster in 20m0s")
+        );
+    }
+
+    #[test]
+    fn running_becomes_unknown_on_bad_condition_or_missing_node() {
+        let m = machine("Running", "2026-01-01T00:05:00Z");
+        let now = ts("2026-01-01T01:00:00Z");
+        assert_eq!(
+            evaluate(&m, Some(&node(&[("Ready", "True")])), &cfg(), now)
+                .update
+                .current,
+            None
+        );
+        for n in [
+            Some(node(&[("Ready", "True"), ("DiskPressure", "True")])),
+            Some(node(&[("Ready", "Unknown")])),
+            None,
+        ] {
+            let o = evaluate(&m, n.as_ref(), &cfg(), now);
+            assert_eq!(phase_of(&o), Some("Unknown"));
+            assert!(o.update.current.as_ref().unwrap().timeout_active);
+            assert_eq!(o.update.last_operation.unwrap().type_, "HealthCheck");
+            assert_eq!(o.recheck, Some(Duration::from_secs(600)));
+        }
+        // spec.nodeConditions overrides the default list.
+        let mut custom = m.clone();
+        custom.spec.node_conditions = Some("MemoryPressure".into());
+        let o = evaluate(
+            &custom,
+            Some(&node(&[("Ready", "True"), ("DiskPressure", "True")])),
+            &cfg(),
+            now,
+        );
+        assert_eq!(phase_of(&o), None);
+    }
+
+    #[test]
+    fn unknown_recovers_or_fails_after_the_health_timeout() {
+        let m = machine("Unknown", "2026-01-01T01:00:00Z");
+        let healthy = node(&[("Ready", "True")]);
+        let sick = node(&[("Ready", "False")]);
+        let back = evaluate(&m, Some(&healthy), &cfg(), ts("2026-01-01T01:05:00Z"));
+        assert_eq!(phase_of(&back), Some("Running"));
+        let wait = evaluate(&m, Some(&sick), &cfg(), ts("2026-01-01T01:04:00Z"));
+        assert_eq!(phase_of(&wait), None);
+        assert_eq!(wait.recheck, Some(Duration::from_secs(360)));
+        let failed = evaluate(&m, Some(&sick), &cfg(), ts("2026-01-01T01:10:00Z"));
+        assert_eq!(phase_of(&failed), Some("Failed"));
+        assert_eq!(failed.update.last_operation.unwrap().state, "Failed");
+
+        let mut disabled = m.clone();
+        disabled.spec.disable_health_timeout = Some(true);
+        assert_eq!(
+            phase_of(&evaluate(
+                &disabled,
+                Some(&sick),
+                &cfg(),
+                ts("2026-01-02T00:00:00Z")
+            )),
+            None
+        );
+        let mut short = m;
+        short.spec.health_timeout = Some("1m0s".into());
+        assert_eq!(
+            phase_of(&evaluate(
+                &short,
+                Some(&sick),
+                &cfg(),
+                ts("2026-01-01T01:01:00Z")
+            )),
+            Some("Failed")
+        );
+    }
+
+    #[test]
+    fn conditions_are_copied_only_when_they_change() {
+        let mut m = machine("Running", "2026-01-01T00:05:00Z");
+        let n = node(&[("Ready", "True")]);
+        let first = evaluate(&m, Some(&n), &cfg(), ts("2026-01-01T00:06:00Z"));
+        m.status.as_mut().unwrap().conditions = first.update.conditions.clone();
+        let mut heartbeat = n.clone();
+        heartbeat
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .last_heartbeat_time = Some(Time(ts("2026-01-01T00:07:00Z")));
+        assert!(
+            evaluate(&m, Some(&heartbeat), &cfg(), ts("2026-01-01T00:07:00Z"))
+                .update
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn other_phases_are_left_alone() {
+        for ph in ["", "CrashLoopBackOff", "Failed", "Terminating", "Available"] {
+            let m = machine(ph, "2026-01-01T00:00:00Z");
+            let o = evaluate(&m, None, &cfg(), ts("2027-01-01T00:00:00Z"));
+            assert!(o.update.is_empty() && o.recheck.is_none(), "{ph}");
+        }
+    }
+}

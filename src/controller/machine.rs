@@ -1,0 +1,552 @@
+//! The Machine reconciler, under the finalizer `machine.sapcloud.io/machine-controller-manager`
+//! (kube-runtime's [`finalizer`] helper): `Apply` runs the create flow and the health check,
+//! `Cleanup` runs the delete flow.
+//!
+//! # Create flow (MCM's `triggerCreationFlow`)
+//! Runs while `spec.providerID` is empty or the phase is `""`/`CrashLoopBackOff`:
+//! 1. Merge the class's Secrets; `userData` is required, `<<MACHINE_NAME>>` substituted.
+//! 2. GetMachineStatus. OK → adopt the device it names (this is what makes a restart after a
+//!    lost CreateMachine answer safe). NotFound/Unimplemented (or the capability missing) →
+//!    CreateMachine when there is no `spec.providerID`, else keep `spec.providerID`.
+//! 3. Write `spec.providerID`, label `node=<NodeName>` (only with a target cluster) and
+//!    annotation `machinepriority.machine.sapcloud.io: "3"` (when absent).
+//! 4. Status: phase `Pending` (`Available` without a target cluster), lastOperation
+//!    `Create/Processing "Creating machine on cloud provider"`.
+//!
+//! A driver error writes `lastOperation{description: "Cloud provider message - …",
+//! errorCode, state: Failed, type: Create}`, phase CrashLoopBackOff (Failed after the
+//! creation timeout), and requeues per [`super::status::RetryPeriods`]. Unlike MCM, a Failed
+//! machine without a device is not created again: MCM's MachineSet controller replaces it.
+//!
+//! # Delete flow (MCM's `triggerDeletionFlow`, minimal drain)
+//! Phase `Terminating` + lastOperation `Delete/Processing` → cordon the Node (no eviction:
+//! `--machine-drain-timeout` is accepted but nothing waits on it) → DeleteMachine (OK and
+//! NotFound both mean done) → delete the Node → the helper removes the finalizer. Every step
+//! is idempotent, so a crash anywhere repeats at most a no-op.
+//!
+//! # Guarantees
+//! - Reconciles of one Machine never overlap (kube-runtime), so create and delete cannot race.
+//! - A Machine that cannot be decoded is logged and skipped; it does not stop the others.
+
+use std::{sync::Arc, time::Instant};
+
+use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{
+        controller::Action,
+        finalizer::{Event, finalizer},
+    },
+};
+use serde_json::json;
+use tonic::Code;
+
+use crate::cmi::v1::{
+    CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest,
+    plugin_capability::rpc::Type as RpcType,
+};
+
+use super::{
+    context::Context,
+    crd::{DEFAULT_PRIORITY, Machine, MachineClass, NODE_LABEL, PRIORITY_ANNOTATION},
+    error::{Error, Result, is_not_found},
+    health,
+    secrets::{self, SecretData},
+    status::{self, StatusUpdate, last_op, op, phase, state},
+};
+
+/// The finalizer on Machines (and MachineClasses), MCM's name so MCM tooling recognises it.
+pub const MACHINE_FINALIZER: &str = "machine.sapcloud.io/machine-controller-manager";
+
+/// The field manager of our writes.
+pub const FIELD_MANAGER: &str = "metal-driver-controller";
+
+/// Entry point for kube-runtime: decode guard, finalizer, then Apply/Cleanup.
+pub async fn reconcile(guard: Arc<DeserializeGuard<Machine>>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let machine = match &guard.0 {
+        Ok(m) => m.clone(),
+        Err(invalid) => {
+            ctx.metrics
+                .controller
+                .failed("machine", "invalid_object".into());
+            tracing::warn!(
+                machine = invalid.metadata.name.as_deref().unwrap_or_default(),
+                error = %invalid.error,
+                "Machine cannot be decoded; skipped until it changes"
+            );
+            return Ok(Action::await_change());
+        }
+    };
+    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let result = finalizer(&api, MACHINE_FINALIZER, Arc::new(machine), |event| async {
+        match event {
+            Event::Apply(m) => apply(&m, &ctx).await,
+            Event::Cleanup(m) => cleanup(&m, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .controller
+        .reconciled("machine", started.elapsed());
+    result
+}
+
+/// kube-runtime's error policy: log, count, and wait as MCM's table says.
+pub fn error_policy(
+    guard: Arc<DeserializeGuard<Machine>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let name = kube::Resource::meta(guard.as_ref())
+        .name
+        .clone()
+        .unwrap_or_default();
+    ctx.metrics
+        .controller
+        .failed("machine", error.metric_label());
+    let after = error.retry_after(&ctx.config.retry);
+    tracing::warn!(machine = %name, %error, retry_after = ?after, "reconcile failed");
+    Action::requeue(after)
+}
+
+/// The class named by `spec.class`, validated as MCM's `ValidateMachineClass` does.
+async fn class_of(m: &Machine, ctx: &Context) -> Result<MachineClass> {
+    let class = &m.spec.class;
+    if class.kind != "MachineClass" || class.name.is_empty() {
+        return Err(Error::InvalidClassRef {
+            kind: class.kind.clone(),
+            name: class.name.clone(),
+        });
+    }
+    let api: Api<MachineClass> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    api.get_opt(&class.name)
+        .await
+        .map_err(Error::kube("get MachineClass"))?
+        .ok_or_else(|| Error::ClassNotFound {
+            name: class.name.clone(),
+        })
+}
+
+async fn patch_status(m: &Machine, ctx: &Context, update: &StatusUpdate) -> Result<()> {
+    if update.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(update.to_patch()),
+    )
+    .await
+    .map_err(Error::kube("patch Machine status"))?;
+    Ok(())
+}
+
+/// The machine's Node in the target cluster, `None` when it does not exist.
+async fn node_of(ctx: &Context, m: &Machine) -> Result<Option<Node>> {
+    let (Some(target), Some(name)) = (&ctx.target, m.node_name()) else {
+        return Ok(None);
+    };
+    let nodes: Api<Node> = Api::all(target.clone());
+    nodes.get_opt(name).await.map_err(Error::kube("get Node"))
+}
+
+/// `Apply`: health for machines with a Node, then the create flow where needed.
+async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
+    let class = class_of(m, ctx).await?;
+    if !class.finalizers().iter().any(|f| f == MACHINE_FINALIZER) {
+        // MCM waits for the class finalizer so a class cannot vanish under a new device. The
+        // class controller adds it; its watch event brings us back here.
+        tracing::debug!(machine = %m.name_any(), class = %class.name_any(), "waiting for the MachineClass finalizer");
+        return Ok(Action::requeue(ctx.config.retry.short));
+    }
+    let ph = m.phase();
+    let mut recheck = None;
+    if ctx.has_target() && m.node_name().is_some() && !ph.is_empty() {
+        let node = node_of(ctx, m).await?;
+        let outcome = health::evaluate(m, node.as_ref(), &ctx.config, Timestamp::now());
+        if let Some(cur) = &outcome.update.current {
+            tracing::info!(machine = %m.name_any(), from = ph, to = %cur.phase, "machine phase changed");
+        }
+        patch_status(m, ctx, &outcome.update).await?;
+        recheck = outcome.recheck;
+        if outcome.update.current.is_some() {
+            return Ok(Action::requeue(
+                recheck
+                    .unwrap_or(ctx.config.health_recheck)
+                    .min(ctx.config.health_recheck),
+            ));
+        }
+    }
+    let needs_create =
+        m.provider_id().is_none() || ph.is_empty() || ph == phase::CRASH_LOOP_BACK_OFF;
+    if needs_create && ph != phase::FAILED && ph != phase::TERMINATING {
+        return create_flow(m, &class, ctx).await;
+    }
+    let after = match ph {
+        phase::PENDING | phase::RUNNING | phase::UNKNOWN if ctx.has_target() => recheck
+            .unwrap_or(ctx.config.health_recheck)
+            .min(ctx.config.health_recheck),
+        _ => ctx.config.retry.long,
+    };
+    Ok(Action::requeue(after))
+}
+
+/// Records a failed create-flow call and picks the retry period.
+async fn create_failed(
+    m: &Machine,
+    ctx: &Context,
+    rpc: &'static str,
+    code: Code,
+    message: &str,
+) -> Result<Action> {
+    let (creation_timeout, _) = health::timeouts(m, &ctx.config);
+    let created = m.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let update = status::create_failed(code, message, Timestamp::now(), created, creation_timeout);
+    let error = Error::Cmi {
+        rpc,
+        code,
+        message: message.to_owned(),
+    };
+    ctx.metrics
+        .controller
+        .failed("machine", error.metric_label());
+    tracing::warn!(machine = %m.name_any(), %error, "create flow failed");
+    patch_status(m, ctx, &update).await?;
+    Ok(Action::requeue(ctx.config.retry.after_create_error(code)))
+}
+
+async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result<Action> {
+    let name = m.name_any();
+    let merged = secrets::load(&ctx.client, &ctx.config.namespace, class).await?;
+    let secrets = match merged.for_create(&name) {
+        Ok(s) => s,
+        Err(error) => {
+            let now = Timestamp::now();
+            let (creation_timeout, _) = health::timeouts(m, &ctx.config);
+            let created = m.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let ph = status::phase_after_create_error(now, created, creation_timeout);
+            let update = StatusUpdate {
+                current: Some(status::current(ph, ph != phase::FAILED, now)),
+                last_operation: Some(last_op(
+                    op::CREATE,
+                    state::FAILED,
+                    error.to_string(),
+                    None,
+                    now,
+                )),
+                ..Default::default()
+            };
+            patch_status(m, ctx, &update).await?;
+            return Err(error);
+        }
+    };
+    let provider_spec = serde_json::to_vec(&class.provider_spec).unwrap_or_default();
+    let spec_provider_id = m.provider_id().unwrap_or_default().to_owned();
+
+    // 1. Is there a device already?
+    let mut found = None;
+    if ctx.capabilities.has(RpcType::GetMachineStatus) {
+        let request = GetMachineStatusRequest {
+            machine_name: name.clone(),
+            provider_spec: provider_spec.clone(),
+            secrets: secrets.clone(),
+            provider_id: spec_provider_id.clone(),
+        };
+        match ctx
+            .cmi
+            .machine
+            .clone()
+            .get_machine_status(ctx.cmi.request(request))
+            .await
+        {
+            Ok(resp) => {
+                let resp = resp.into_inner();
+                tracing::info!(machine = %name, provider_id = %resp.provider_id, "found existing device; adopting it");
+                found = Some((resp.provider_id, resp.node_name, None));
+            }
+            Err(s) if matches!(s.code(), Code::NotFound | Code::Unimplemented) => {}
+            Err(s) => {
+                return create_failed(m, ctx, "GetMachineStatus", s.code(), s.message()).await;
+            }
+        }
+    }
+    let (provider_id, node_name, last_known_state) = match found {
+        Some(f) => f,
+        None if !spec_provider_id.is_empty() => (
+            spec_provider_id.clone(),
+            m.node_name().unwrap_or_default().to_owned(),
+            None,
+        ),
+        None => {
+            let request = CreateMachineRequest {
+                machine_name: name.clone(),
+                provider_spec: provider_spec.clone(),
+                secrets,
+                last_known_state: m.last_known_state().as_bytes().to_vec(),
+            };
+            tracing::info!(machine = %name, class = %class.name_any(), "creating machine on cloud provider");
+            match ctx
+                .cmi
+                .machine
+                .clone()
+                .create_machine(ctx.cmi.request(request))
+                .await
+            {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    tracing::info!(machine = %name, provider_id = %resp.provider_id, node = %resp.node_name, "machine created");
+                    let lks = String::from_utf8_lossy(&resp.last_known_state).into_owned();
+                    (resp.provider_id, resp.node_name, Some(lks))
+                }
+                Err(s) => {
+                    return create_failed(m, ctx, "CreateMachine", s.code(), s.message()).await;
+                }
+            }
+        }
+    };
+    if provider_id.is_empty() || (ctx.has_target() && node_name.is_empty()) {
+        let field = if provider_id.is_empty() {
+            "ProviderID"
+        } else {
+            "NodeName"
+        };
+        let message = format!("driver returned an empty {field}");
+        create_failed(m, ctx, "CreateMachine", Code::Internal, &message).await?;
+        return Err(Error::IncompleteResponse {
+            rpc: "CreateMachine",
+            field,
+        });
+    }
+
+    // 2. Persist the link to the device before anything else.
+    persist_identity(m, ctx, &provider_id, &node_name).await?;
+
+    // 3. Status.
+    let ph = m.phase();
+    let now = Timestamp::now();
+    let mut update = StatusUpdate {
+        last_known_state: last_known_state.filter(|s| !s.is_empty()),
+        ..Default::default()
+    };
+    if ph.is_empty() || ph == phase::CRASH_LOOP_BACK_OFF {
+        if ctx.has_target() {
+            update.current = Some(status::current(phase::PENDING, true, now));
+            update.last_operation = Some(last_op(
+                op::CREATE,
+                state::PROCESSING,
+                "Creating machine on cloud provider",
+                None,
+                now,
+            ));
+        } else {
+            update.current = Some(status::current(phase::AVAILABLE, false, now));
+            update.last_operation = Some(last_op(
+                op::CREATE,
+                state::SUCCESSFUL,
+                "Created machine on cloud provider",
+                None,
+                now,
+            ));
+        }
+    }
+    patch_status(m, ctx, &update).await?;
+    Ok(Action::requeue(if ctx.has_target() {
+        ctx.config.health_recheck
+    } else {
+        ctx.config.retry.long
+    }))
+}
+
+/// Writes `spec.providerID`, the `node` label and the priority annotation, skipping the
+/// write when all three are already as wanted.
+async fn persist_identity(
+    m: &Machine,
+    ctx: &Context,
+    provider_id: &str,
+    node_name: &str,
+) -> Result<()> {
+    let mut metadata = serde_json::Map::new();
+    if ctx.has_target() && m.node_name() != Some(node_name) {
+        metadata.insert("labels".into(), json!({ NODE_LABEL: node_name }));
+    }
+    if !m.annotations().contains_key(PRIORITY_ANNOTATION) {
+        metadata.insert(
+            "annotations".into(),
+            json!({ PRIORITY_ANNOTATION: DEFAULT_PRIORITY }),
+        );
+    }
+    let mut patch = serde_json::Map::new();
+    if m.provider_id() != Some(provider_id) {
+        patch.insert("spec".into(), json!({ "providerID": provider_id }));
+    }
+    if !metadata.is_empty() {
+        patch.insert("metadata".into(), metadata.into());
+    }
+    if patch.is_empty() {
+        return Ok(());
+    }
+    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    api.patch(
+        &m.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::Value::Object(patch)),
+    )
+    .await
+    .map_err(Error::kube("patch Machine"))?;
+    Ok(())
+}
+
+/// `Cleanup`: the delete flow. Returning `Ok` lets the helper remove the finalizer; any
+/// error keeps it and retries per the table.
+async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
+    let name = m.name_any();
+    let class = match class_of(m, ctx).await {
+        Ok(class) => class,
+        // Without a class nothing can have been created: create waits for the class and its
+        // finalizer, and the finalizer keeps the class while this Machine exists. With a
+        // providerID, keep retrying: the device exists and only the class has its credentials.
+        Err(e @ (Error::InvalidClassRef { .. } | Error::ClassNotFound { .. }))
+            if m.provider_id().is_none() =>
+        {
+            tracing::warn!(machine = %name, error = %e, "no MachineClass and no device; releasing the Machine");
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    };
+    if m.phase() != phase::TERMINATING {
+        let now = Timestamp::now();
+        let update = StatusUpdate {
+            current: Some(status::current(phase::TERMINATING, false, now)),
+            last_operation: Some(last_op(
+                op::DELETE,
+                state::PROCESSING,
+                "Set machine status to termination. Now, getting VM Status",
+                None,
+                now,
+            )),
+            ..Default::default()
+        };
+        patch_status(m, ctx, &update).await?;
+    }
+    let merged = secrets::load(&ctx.client, &ctx.config.namespace, &class).await?;
+    let provider_spec = serde_json::to_vec(&class.provider_spec).unwrap_or_default();
+
+    let node_name = match m.node_name() {
+        Some(n) => Some(n.to_owned()),
+        None if ctx.has_target() => node_name_from_driver(m, ctx, &provider_spec, &merged).await,
+        None => None,
+    };
+    if let (Some(target), Some(node)) = (&ctx.target, &node_name) {
+        cordon(target, node).await?;
+    }
+
+    let request = DeleteMachineRequest {
+        machine_name: name.clone(),
+        provider_spec,
+        secrets: merged.to_cmi(),
+        provider_id: m.provider_id().unwrap_or_default().to_owned(),
+        last_known_state: m.last_known_state().as_bytes().to_vec(),
+    };
+    match ctx
+        .cmi
+        .machine
+        .clone()
+        .delete_machine(ctx.cmi.request(request))
+        .await
+    {
+        Ok(_) => tracing::info!(machine = %name, "machine deleted on cloud provider"),
+        Err(s) if s.code() == Code::NotFound => {
+            tracing::info!(machine = %name, "no device to delete")
+        }
+        Err(s) => {
+            let how = if status::is_transient(s.code()) {
+                "will re-try"
+            } else {
+                "Aborting operation"
+            };
+            let now = Timestamp::now();
+            let update = StatusUpdate {
+                last_operation: Some(last_op(
+                    op::DELETE,
+                    state::FAILED,
+                    format!(
+                        "Error while deleting machine: Cloud provider message - {}. {how}",
+                        status::machine_codes_error(s.code(), s.message())
+                    ),
+                    Some(s.code()),
+                    now,
+                )),
+                ..Default::default()
+            };
+            patch_status(m, ctx, &update).await?;
+            return Err(Error::cmi("DeleteMachine", &s));
+        }
+    }
+
+    if let (Some(target), Some(node)) = (&ctx.target, &node_name) {
+        let nodes: Api<Node> = Api::all(target.clone());
+        match nodes.delete(node, &Default::default()).await {
+            Ok(_) => tracing::info!(machine = %name, node = %node, "node object deleted"),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: "delete Node",
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// MCM asks the driver for the node name when the `node` label is missing.
+async fn node_name_from_driver(
+    m: &Machine,
+    ctx: &Context,
+    provider_spec: &[u8],
+    merged: &SecretData,
+) -> Option<String> {
+    if !ctx.capabilities.has(RpcType::GetMachineStatus) {
+        return None;
+    }
+    let request = GetMachineStatusRequest {
+        machine_name: m.name_any(),
+        provider_spec: provider_spec.to_vec(),
+        secrets: merged.to_cmi(),
+        provider_id: m.provider_id().unwrap_or_default().to_owned(),
+    };
+    let resp = ctx
+        .cmi
+        .machine
+        .clone()
+        .get_machine_status(ctx.cmi.request(request))
+        .await
+        .ok()?;
+    Some(resp.into_inner().node_name).filter(|n| !n.is_empty())
+}
+
+/// The minimal drain: mark the Node unschedulable so nothing new lands on it while the device
+/// goes away. Pods are not evicted.
+async fn cordon(target: &kube::Client, node: &str) -> Result<()> {
+    let nodes: Api<Node> = Api::all(target.clone());
+    match nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::Kube {
+            action: "cordon Node",
+            source: e,
+        }),
+    }
+}

@@ -1,0 +1,442 @@
+//! `metal-driver controller`: the machine controller, a kube-rs controller that turns MCM
+//! `Machine` objects into devices by calling the CMI driver, and runs beside MCM's own
+//! `machine-controller-manager` binary (MachineDeployment/MachineSet) the way Gardener runs a
+//! provider's machine-controller sidecar.
+//!
+//! It is the driver's only client: MCM's stock binary no longer calls gRPC drivers. It talks
+//! to the driver through [`crate::cmi::client::CmiClient`] only.
+//!
+//! Start-up order: side port (`/healthz`, `/readyz`, `/metrics`; prints `listening on
+//! http://ADDR` as the first stdout line) → Kubernetes clients → connect to the driver
+//! (retried until it answers) → Probe + GetPluginCapabilities → ready → leader election →
+//! controllers. Shutdown (SIGTERM): controllers finish in-flight reconciles, the lease is
+//! released, the side port closes.
+
+pub mod context;
+pub mod crd;
+pub mod duration;
+pub mod error;
+pub mod health;
+pub mod leader;
+pub mod machine;
+pub mod machine_class;
+pub mod orphans;
+pub mod secrets;
+pub mod status;
+
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::{
+    Api, Client, Config as KubeConfig, ResourceExt,
+    config::{KubeConfigOptions, Kubeconfig},
+    core::{DeserializeGuard, PartialObjectMeta},
+    runtime::{
+        Controller, WatchStreamExt, controller::Config as ControllerConfig, reflector,
+        reflector::ObjectRef, watcher,
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cmi::{
+        client::CmiClient,
+        v1::{
+            GetPluginCapabilitiesRequest, ProbeRequest, plugin_capability,
+            plugin_capability::rpc::Type as RpcType,
+        },
+    },
+    telemetry::{Metrics, admin},
+};
+
+use self::{
+    context::{Capabilities, Config, Context},
+    crd::{Machine, MachineClass},
+    error::{Error, Result},
+    status::RetryPeriods,
+};
+
+/// The `--control-kubeconfig`/`--target-kubeconfig` value meaning "the service account".
+pub const IN_CLUSTER: &str = "inClusterConfig";
+/// The `--target-kubeconfig` value meaning "no target cluster: no Node interaction".
+pub const NO_TARGET: &str = "none";
+
+fn go_duration(s: &str) -> std::result::Result<Duration, String> {
+    duration::parse(s)
+}
+
+/// Flags of `metal-driver controller`. Names follow MCM's machine-controller where the
+/// meaning is the same, so Gardener-style deployments carry over.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Kubeconfig of the cluster holding Machines, MachineClasses and Secrets (Gardener's
+    /// seed): a path, or `inClusterConfig` for the pod's service account. Empty: the usual
+    /// kubeconfig discovery (KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, env = "CONTROL_KUBECONFIG", default_value = "")]
+    pub control_kubeconfig: String,
+
+    /// Kubeconfig of the cluster the machines join as Nodes (Gardener's shoot): a path,
+    /// `inClusterConfig`, or `none` for no Node interaction at all (machines then end in
+    /// phase Available). Empty: the control cluster.
+    #[arg(long, env = "TARGET_KUBECONFIG", default_value = "")]
+    pub target_kubeconfig: String,
+
+    /// The namespace whose Machines, MachineClasses and Secrets are managed; the leader
+    /// Lease lives here too.
+    #[arg(long, env = "CONTROL_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// The CMI driver: `tcp://HOST:PORT` or `unix:///PATH`.
+    #[arg(long, env = "CMI_ENDPOINT")]
+    pub cmi_endpoint: String,
+
+    /// Deadline of each CMI call; a hung driver costs one worker at most this long.
+    #[arg(long, env = "CMI_TIMEOUT", default_value = "2m", value_parser = go_duration)]
+    pub cmi_timeout: Duration,
+
+    /// A machine still Pending this long after creation (or whose create keeps failing) is
+    /// marked Failed, so MCM's MachineSet controller replaces it. `spec.creationTimeout`
+    /// overrides it per machine.
+    #[arg(long, env = "MACHINE_CREATION_TIMEOUT", default_value = "20m", value_parser = go_duration)]
+    pub machine_creation_timeout: Duration,
+
+    /// A machine Unknown (Node unhealthy or gone) this long is marked Failed.
+    /// `spec.healthTimeout` overrides it per machine.
+    #[arg(long, env = "MACHINE_HEALTH_TIMEOUT", default_value = "10m", value_parser = go_duration)]
+    pub machine_health_timeout: Duration,
+
+    /// Accepted for compatibility with MCM. Drain is minimal here: the Node is cordoned
+    /// before the device is deleted, pods are not evicted, so nothing waits on this.
+    #[arg(long, env = "MACHINE_DRAIN_TIMEOUT", default_value = "2h", value_parser = go_duration)]
+    pub machine_drain_timeout: Duration,
+
+    /// How often devices that no Machine accounts for are looked for and deleted.
+    #[arg(long, env = "MACHINE_SAFETY_ORPHAN_VMS_PERIOD", default_value = "15m", value_parser = go_duration)]
+    pub machine_safety_orphan_vms_period: Duration,
+
+    /// Wait after a ResourceExhausted (no capacity) create failure.
+    #[arg(long, env = "RESOURCE_EXHAUSTED_RETRY", default_value = "10m", value_parser = go_duration)]
+    pub resource_exhausted_retry: Duration,
+
+    /// How often Pending/Running/Unknown machines are re-checked against their Node without
+    /// a Node event (timeouts are counted at this granularity).
+    #[arg(long, env = "MACHINE_HEALTH_RECHECK_PERIOD", default_value = "1m", value_parser = go_duration)]
+    pub machine_health_recheck_period: Duration,
+
+    /// Side-port address for /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "METAL_DRIVER_CONTROLLER_ADDRESS",
+        default_value = "0.0.0.0"
+    )]
+    pub address: std::net::IpAddr,
+
+    /// Side-port port (Gardener's `providermetrics` port). 0 picks a free port.
+    #[arg(long, env = "METAL_DRIVER_CONTROLLER_PORT", default_value_t = 10259)]
+    pub port: u16,
+
+    /// Only one replica reconciles: the one holding the Lease `--leader-elect-resource-name`
+    /// in `--namespace`.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECT_RESOURCE_NAME",
+        default_value = "machine-controller"
+    )]
+    pub leader_elect_resource_name: String,
+
+    /// How long a Lease is valid without renewal; a successor of a crashed leader waits this.
+    #[arg(long, env = "LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = go_duration)]
+    pub leader_elect_lease_duration: Duration,
+
+    /// How long the leader keeps trying to renew before it gives up and exits.
+    #[arg(long, env = "LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = go_duration)]
+    pub leader_elect_renew_deadline: Duration,
+
+    /// Pause between Lease attempts.
+    #[arg(long, env = "LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = go_duration)]
+    pub leader_elect_retry_period: Duration,
+
+    /// Machines reconciled in parallel (MCM's `--concurrent-syncs`).
+    #[arg(long, env = "CONCURRENT_SYNCS", default_value_t = 10)]
+    pub concurrent_syncs: u16,
+}
+
+/// Builds a client from a kubeconfig flag value (path, `inClusterConfig`, or empty).
+pub async fn kube_client(flag: &str) -> Result<Client> {
+    let fail = |reason: String| Error::Kubeconfig {
+        path: flag.to_owned(),
+        reason,
+    };
+    let config = match flag {
+        "" => KubeConfig::infer().await.map_err(|e| fail(e.to_string()))?,
+        IN_CLUSTER => KubeConfig::incluster().map_err(|e| fail(e.to_string()))?,
+        path => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
+            KubeConfig::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| fail(e.to_string()))?
+        }
+    };
+    Client::try_from(config).map_err(|e| fail(e.to_string()))
+}
+
+/// Connects to the driver, retrying until it answers Probe with ready (or shutdown).
+async fn connect_driver(
+    args: &ControllerArgs,
+    shutdown: &CancellationToken,
+) -> Result<Option<(CmiClient, Capabilities)>> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match CmiClient::connect(&args.cmi_endpoint, args.cmi_timeout).await {
+            Ok(client) => {
+                let probe = client
+                    .identity
+                    .clone()
+                    .probe(client.request(ProbeRequest {}))
+                    .await;
+                match probe {
+                    Ok(resp) if resp.get_ref().ready != Some(false) => {
+                        let capabilities = capabilities(&client).await;
+                        return Ok(Some((client, capabilities)));
+                    }
+                    Ok(_) => tracing::info!("driver not ready yet"),
+                    Err(status) => {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "driver Probe failed")
+                    }
+                }
+            }
+            Err(e @ crate::cmi::client::ClientError::Endpoint(_)) => return Err(Error::Connect(e)),
+            Err(error) if attempts % 10 == 1 => {
+                tracing::warn!(%error, "driver not reachable yet; retrying")
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn capabilities(client: &CmiClient) -> Capabilities {
+    match client
+        .identity
+        .clone()
+        .get_plugin_capabilities(client.request(GetPluginCapabilitiesRequest {}))
+        .await
+    {
+        Ok(resp) => {
+            let set: HashSet<RpcType> = resp
+                .into_inner()
+                .capabilities
+                .into_iter()
+                .filter_map(|c| match c.r#type {
+                    Some(plugin_capability::Type::Rpc(rpc)) => RpcType::try_from(rpc.r#type).ok(),
+                    None => None,
+                })
+                .collect();
+            if !set.contains(&RpcType::GetMachineStatus) {
+                tracing::warn!(
+                    "driver lacks GET_MACHINE_STATUS: create relies on spec.providerID alone"
+                );
+            }
+            tracing::info!(capabilities = ?set, "driver capabilities");
+            Capabilities(set)
+        }
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), "GetPluginCapabilities failed; assuming create/delete/list only");
+            Capabilities(
+                [
+                    RpcType::CreateMachine,
+                    RpcType::DeleteMachine,
+                    RpcType::ListMachines,
+                ]
+                .into_iter()
+                .collect(),
+            )
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` is cancelled (returns `Ok`) or leadership is lost
+/// (returns [`Error::LeadershipLost`], so the process exits and restarts as a follower).
+pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> Result<()> {
+    let metrics = Metrics::new();
+    let readiness = admin::Readiness::default();
+    let addr = SocketAddr::new(args.address, args.port);
+    let admin = admin::bind(addr, metrics.clone(), readiness.clone())
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    println!("listening on http://{}", admin.local_addr());
+    let result = run_with(args, shutdown, metrics, readiness).await;
+    admin.stop().await;
+    result
+}
+
+async fn run_with(
+    args: ControllerArgs,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+    readiness: admin::Readiness,
+) -> Result<()> {
+    let client = kube_client(&args.control_kubeconfig).await?;
+    let target = match args.target_kubeconfig.as_str() {
+        NO_TARGET => None,
+        "" => Some(client.clone()),
+        flag => Some(kube_client(flag).await?),
+    };
+    let Some((cmi, capabilities)) = connect_driver(&args, &shutdown).await? else {
+        return Ok(());
+    };
+    readiness.set(true);
+
+    let leadership = if args.leader_elect {
+        let cfg = leader::LeaseConfig {
+            name: args.leader_elect_resource_name.clone(),
+            namespace: args.namespace.clone(),
+            identity: leader::identity(),
+            lease_duration: args.leader_elect_lease_duration,
+            renew_deadline: args.leader_elect_renew_deadline,
+            retry_period: args.leader_elect_retry_period,
+        };
+        match leader::acquire(client.clone(), cfg, &shutdown).await? {
+            Some(l) => Some(l),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    metrics.controller.set_leader(true);
+
+    // Stops the controllers: shutdown, or leadership lost.
+    let stop = CancellationToken::new();
+    let lost = leadership
+        .as_ref()
+        .map(|l| l.lost.clone())
+        .unwrap_or_default();
+    {
+        let (stop, shutdown, lost) = (stop.clone(), shutdown.clone(), lost.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = lost.cancelled() => {}
+            }
+            stop.cancel();
+        });
+    }
+
+    let ns = args.namespace.clone();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        target: target.clone(),
+        cmi,
+        capabilities,
+        config: Config {
+            namespace: ns.clone(),
+            creation_timeout: args.machine_creation_timeout,
+            health_timeout: args.machine_health_timeout,
+            drain_timeout: args.machine_drain_timeout,
+            orphan_period: args.machine_safety_orphan_vms_period,
+            retry: RetryPeriods {
+                resource_exhausted: args.resource_exhausted_retry,
+                ..RetryPeriods::default()
+            },
+            health_recheck: args.machine_health_recheck_period,
+        },
+        metrics: metrics.clone(),
+    });
+
+    let machines: Api<DeserializeGuard<Machine>> = Api::namespaced(client.clone(), &ns);
+    let classes: Api<MachineClass> = Api::namespaced(client.clone(), &ns);
+    // Metadata only: Secret data never sits in a cache of ours.
+    let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &ns);
+
+    // A cache of classes, to map a Secret event to the classes (and so Machines) using it.
+    let (class_store, class_writer) = reflector::store::<MachineClass>();
+    let class_cache = reflector(
+        class_writer,
+        watcher(classes.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .take_until(stop.clone().cancelled_owned())
+    .for_each(|_| future::ready(()));
+
+    let machine_controller = Controller::new(machines.clone(), watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(args.concurrent_syncs));
+    let machine_store = machine_controller.store();
+    let mut machine_controller = {
+        let store = machine_store.clone();
+        machine_controller.watches(
+            classes.clone(),
+            watcher::Config::default(),
+            move |class: MachineClass| machine_class::machines_of_class(&store, &class.name_any()),
+        )
+    };
+    {
+        let (store, classes, ns) = (machine_store.clone(), class_store.clone(), ns.clone());
+        machine_controller =
+            machine_controller.watches(secrets, watcher::Config::default(), move |secret| {
+                machine_class::machines_of_secret(&store, &classes, &secret, &ns)
+            });
+    }
+    if let Some(t) = &target {
+        let store = machine_store.clone();
+        let nodes: Api<Node> = Api::all(t.clone());
+        machine_controller =
+            machine_controller.watches(nodes, watcher::Config::default(), move |node: Node| {
+                let name = node.name_any();
+                store
+                    .state()
+                    .iter()
+                    .filter(|g| {
+                        g.0.as_ref()
+                            .is_ok_and(|m| m.node_name() == Some(name.as_str()))
+                    })
+                    .map(|g| ObjectRef::from_obj(g.as_ref()))
+                    .collect::<Vec<_>>()
+            });
+    }
+    let machine_task = machine_controller
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(machine::reconcile, machine::error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+
+    let class_task = Controller::new(classes, watcher::Config::default())
+        .watches(
+            machines,
+            watcher::Config::default(),
+            machine_class::class_of_machine,
+        )
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
+        .run(
+            machine_class::reconcile,
+            machine_class::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| future::ready(()));
+
+    let orphan_task = orphans::run(ctx.clone(), stop.clone());
+
+    tracing::info!(namespace = %ns, target = ctx.has_target(), "machine controller running");
+    tokio::join!(machine_task, class_task, orphan_task, class_cache);
+    metrics.controller.set_leader(false);
+    readiness.set(false);
+    if lost.is_cancelled() && !shutdown.is_cancelled() {
+        return Err(Error::LeadershipLost(
+            "the lease could not be renewed".into(),
+        ));
+    }
+    if let Some(l) = leadership {
+        l.release().await;
+    }
+    tracing::info!("machine controller stopped");
+    Ok(())
+}
