@@ -67,7 +67,10 @@ fn main() -> ExitCode {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                tracing::error!(%error, "metal-driver failed");
+                // Long-running roles log it (structured); every role tells the terminal once.
+                if !quiet {
+                    tracing::error!(%error, "metal-driver failed");
+                }
                 eprintln!("metal-driver: {error}");
                 ExitCode::FAILURE
             }
