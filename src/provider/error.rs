@@ -32,7 +32,11 @@ pub enum Error {
 
     /// More than one device claims this machine (the orphan collector resolves it).
     #[error("machine {machine} maps to {count} devices: {ids}")]
-    MultipleDevices { machine: String, count: usize, ids: String },
+    MultipleDevices {
+        machine: String,
+        count: usize,
+        ids: String,
+    },
 
     /// The caller's deadline passed.
     #[error("deadline exceeded: {0}")]
@@ -45,6 +49,9 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidArgument { field: field.into(), reason: reason.into() }
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }

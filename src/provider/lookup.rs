@@ -1,1 +1,133 @@
-//! (skeleton: filled in by the provider work)
+//! Finding a machine's device(s) and a class's devices (design §5).
+//!
+//! A machine's device carries the identity tag `machine.sapcloud.io/name:<machine>` (added
+//! on create), hostname = machine name, and the class's cluster tag. A lookup is **one**
+//! list call filtered server-side by the identity tag (the client follows every page), then
+//! checked client-side, because a server-side filter is a hint (`hostname` is a partial
+//! match; a simulator may ignore filters) and never proof.
+//!
+//! Devices created before the identity tag existed (by the Go provider) are not found by a
+//! lookup; they always have a ProviderID, which every RPC but CreateMachine uses first.
+
+use uuid::Uuid;
+
+use crate::metal::{Call, Device, DeviceApi, DeviceState, ListQuery};
+
+use super::spec::IDENTITY_TAG_PREFIX;
+
+/// The tag that ties a device to exactly one machine.
+pub fn identity_tag(machine: &str) -> String {
+    format!("{IDENTITY_TAG_PREFIX}{machine}")
+}
+
+/// Whether `device` stands for `machine` of the cluster that owns `cluster_tag`: identity
+/// tag, hostname and cluster tag all match. Going-away devices are included (the callers
+/// decide what "already deleting" means for them).
+pub fn claims_machine(device: &Device, machine: &str, cluster_tag: &str) -> bool {
+    device.id.is_some()
+        && device.hostname.as_deref() == Some(machine)
+        && device.has_tag(&identity_tag(machine))
+        && device.has_tag(cluster_tag)
+}
+
+/// True when the device is being torn down and no longer stands for a machine.
+pub fn is_going_away(device: &Device) -> bool {
+    device.state.is_some_and(DeviceState::is_going_away)
+}
+
+/// Every live (not deprovisioning/deleted) device claiming `machine` in `project`, in the
+/// API's order. One list call (all pages inside the client).
+pub async fn find_machine_devices<A: DeviceApi>(
+    api: &A,
+    call: &Call,
+    project: Uuid,
+    machine: &str,
+    cluster_tag: &str,
+) -> Result<Vec<Device>, crate::metal::Error> {
+    let query = ListQuery {
+        tag: Some(identity_tag(machine)),
+        hostname: None,
+    };
+    let devices = api.list_project_devices(call, project, &query).await?;
+    Ok(devices
+        .into_iter()
+        .filter(|d| claims_machine(d, machine, cluster_tag) && !is_going_away(d))
+        .collect())
+}
+
+/// Every live device of a class: server-side `tag = <cluster tag>`, then client-side every
+/// membership tag (cluster + roles) must be present. One list call.
+pub async fn find_class_devices<A: DeviceApi>(
+    api: &A,
+    call: &Call,
+    project: Uuid,
+    cluster_tag: &str,
+    required_tags: &[&str],
+) -> Result<Vec<Device>, crate::metal::Error> {
+    let query = ListQuery {
+        tag: Some(cluster_tag.to_string()),
+        hostname: None,
+    };
+    let devices = api.list_project_devices(call, project, &query).await?;
+    Ok(devices
+        .into_iter()
+        .filter(|d| {
+            d.id.is_some() && !is_going_away(d) && required_tags.iter().all(|t| d.has_tag(t))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(host: &str, tags: &[&str], state: DeviceState) -> Device {
+        Device {
+            id: Some(Uuid::new_v4()),
+            hostname: Some(host.into()),
+            tags: Some(tags.iter().map(|t| t.to_string()).collect()),
+            state: Some(state),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn claims_needs_identity_hostname_and_cluster() {
+        let c = "kubernetes.io/cluster/a";
+        let id = identity_tag("m1");
+        assert!(claims_machine(
+            &device("m1", &[c, &id], DeviceState::Active),
+            "m1",
+            c
+        ));
+        assert!(!claims_machine(
+            &device("m2", &[c, &id], DeviceState::Active),
+            "m1",
+            c
+        ));
+        assert!(!claims_machine(
+            &device("m1", &[&id], DeviceState::Active),
+            "m1",
+            c
+        ));
+        assert!(!claims_machine(
+            &device("m1", &[c], DeviceState::Active),
+            "m1",
+            c
+        ));
+        assert!(!claims_machine(
+            &device("m1", &[c, &identity_tag("m10")], DeviceState::Active),
+            "m1",
+            c
+        ));
+        let mut no_id = device("m1", &[c, &id], DeviceState::Active);
+        no_id.id = None;
+        assert!(!claims_machine(&no_id, "m1", c));
+        assert!(is_going_away(&device(
+            "m1",
+            &[],
+            DeviceState::Deprovisioning
+        )));
+        assert!(!is_going_away(&device("m1", &[], DeviceState::Failed)));
+    }
+}

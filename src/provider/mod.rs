@@ -6,6 +6,8 @@
 
 pub mod credentials;
 pub mod error;
+#[cfg(test)]
+pub mod fake;
 pub mod inflight;
 pub mod lookup;
 pub mod machine;
