@@ -170,7 +170,7 @@ fn parse_token(s: &str) -> Result<TokenSpec, String> {
     match s.split_once(':') {
         None if s.is_empty() => Err("empty token".into()),
         None => Ok(TokenSpec::all(s)),
-        Some((tok, _)) if tok.is_empty() => Err("empty token before ':'".into()),
+        Some(("", _)) => Err("empty token before ':'".into()),
         Some((tok, list)) => {
             let projects = list
                 .split(',')
@@ -257,7 +257,7 @@ fn parse_probability(s: &str) -> Result<f64, String> {
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("not a number: {s:?}"))?;
-    if v.is_finite() && v >= 0.0 && v < 1e9 {
+    if (0.0..1e9).contains(&v) {
         Ok(v)
     } else {
         Err(format!("{v} is not a duration in seconds"))
