@@ -2,6 +2,22 @@
 //!
 //! Two naming schemes live side by side: our own (`metal_driver_*`, `grpc_server_*`) and
 //! MCM's (`mcm_cloud_api_*`), so the dashboards Gardener users already have keep working.
+//!
+//! The MCM families follow `gardener/machine-controller-manager`
+//! `pkg/util/provider/metrics/metrics.go` and the recorders of the Gardener providers:
+//!
+//! | family | type | labels | recorded |
+//! |---|---|---|---|
+//! | `mcm_cloud_api_requests_total` | counter | `provider`, `service` | every Metal API exchange |
+//! | `mcm_cloud_api_requests_failed_total` | counter | `provider`, `service` | exchanges that were not 2xx |
+//! | `mcm_cloud_api_api_request_duration_seconds` | histogram | `provider`, `service` | successful exchanges only |
+//! | `mcm_cloud_api_driver_request_duration_seconds` | histogram | `provider`, `operation` | successful driver operations only |
+//! | `mcm_cloud_api_driver_requests_failed_total` | counter | `provider`, `operation`, `error_code` | failed driver operations |
+//!
+//! `operation` uses the providers' values (`create_machine`, `get_machine_status`,
+//! `list_machine`, `delete_machine`, `get_volume_ids`, plus our `shutdown_machine`), and
+//! `error_code` is the numeric machine code (`3` = InvalidArgument, `14` = Unavailable), as
+//! MCM's `strconv.Itoa(int(code))` writes it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,8 +31,10 @@ use prometheus_client::{
 pub const PROVIDER: &str = "equinixmetal";
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
-        .into_iter()
+    [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+    .into_iter()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,19 +87,35 @@ impl MetalApiMetrics {
     /// One HTTP exchange finished. `status` is the HTTP status, or `transport`/`timeout`.
     pub fn observe(&self, endpoint: &'static str, status: &str, elapsed: Duration) {
         let ok = status.starts_with('2');
-        self.requests.get_or_create(&MetalLabels { endpoint, status: status.to_owned() }).inc();
-        self.duration.get_or_create(&MetalEndpointLabels { endpoint }).observe(elapsed.as_secs_f64());
-        let mcm = McmLabels { provider: PROVIDER, service: endpoint };
+        self.requests
+            .get_or_create(&MetalLabels {
+                endpoint,
+                status: status.to_owned(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&MetalEndpointLabels { endpoint })
+            .observe(elapsed.as_secs_f64());
+        let mcm = McmLabels {
+            provider: PROVIDER,
+            service: endpoint,
+        };
         self.mcm_requests.get_or_create(&mcm).inc();
-        self.mcm_duration.get_or_create(&mcm).observe(elapsed.as_secs_f64());
-        if !ok {
+        // MCM's latency histogram covers successful calls only.
+        if ok {
+            self.mcm_duration
+                .get_or_create(&mcm)
+                .observe(elapsed.as_secs_f64());
+        } else {
             self.mcm_failed.get_or_create(&mcm).inc();
         }
     }
 
     /// A retry is about to happen. `reason`: `429`, `5xx`, `transport`.
     pub fn retry(&self, endpoint: &'static str, reason: &'static str) {
-        self.retries.get_or_create(&RetryLabels { endpoint, reason }).inc();
+        self.retries
+            .get_or_create(&RetryLabels { endpoint, reason })
+            .inc();
     }
 }
 
@@ -101,14 +135,51 @@ pub struct GrpcCodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub provider: &'static str,
-    pub operation: String,
+    pub operation: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationErrorLabels {
     pub provider: &'static str,
-    pub operation: String,
-    pub error_code: String,
+    pub operation: &'static str,
+    pub error_code: &'static str,
+}
+
+/// MCM's `operation` label value for a CMI Machine method (the Go providers' constants).
+fn mcm_operation(method: &str) -> &'static str {
+    match method {
+        "CreateMachine" => "create_machine",
+        "DeleteMachine" => "delete_machine",
+        "GetMachineStatus" => "get_machine_status",
+        "ListMachines" => "list_machine",
+        "ShutDownMachine" => "shutdown_machine",
+        "GetVolumeIDs" => "get_volume_ids",
+        _ => "other",
+    }
+}
+
+/// MCM's `error_code` label value: the numeric code (machine codes equal gRPC codes).
+fn mcm_error_code(code: &str) -> &'static str {
+    match code {
+        "OK" => "0",
+        "Canceled" | "Cancelled" => "1",
+        "InvalidArgument" => "3",
+        "DeadlineExceeded" => "4",
+        "NotFound" => "5",
+        "AlreadyExists" => "6",
+        "PermissionDenied" => "7",
+        "ResourceExhausted" => "8",
+        "FailedPrecondition" => "9",
+        "Aborted" => "10",
+        "OutOfRange" => "11",
+        "Unimplemented" => "12",
+        "Internal" => "13",
+        "Unavailable" => "14",
+        "DataLoss" => "15",
+        "Unauthenticated" => "16",
+        // "Unknown" and anything unexpected.
+        _ => "2",
+    }
 }
 
 /// gRPC server metrics, recorded by one tower layer so no handler can forget them.
@@ -138,15 +209,23 @@ impl GrpcMetrics {
     pub fn start(&self, service: &str, method: &str) {
         self.in_flight.inc();
         self.started
-            .get_or_create(&GrpcLabels { grpc_service: service.into(), grpc_method: method.into() })
+            .get_or_create(&GrpcLabels {
+                grpc_service: service.into(),
+                grpc_method: method.into(),
+            })
             .inc();
     }
 
     /// `code` is the tonic code name (`OK`, `InvalidArgument`, ...).
     pub fn end(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
         self.in_flight.dec();
-        let l = GrpcLabels { grpc_service: service.into(), grpc_method: method.into() };
-        self.handling.get_or_create(&l).observe(elapsed.as_secs_f64());
+        let l = GrpcLabels {
+            grpc_service: service.into(),
+            grpc_method: method.into(),
+        };
+        self.handling
+            .get_or_create(&l)
+            .observe(elapsed.as_secs_f64());
         self.handled
             .get_or_create(&GrpcCodeLabels {
                 grpc_service: service.into(),
@@ -155,16 +234,21 @@ impl GrpcMetrics {
             })
             .inc();
         if service.ends_with("Machine") {
-            let operation = method.to_owned();
-            self.op_duration
-                .get_or_create(&OperationLabels { provider: PROVIDER, operation: operation.clone() })
-                .observe(elapsed.as_secs_f64());
-            if code != "OK" {
+            let operation = mcm_operation(method);
+            // Like MCM's recorder: latency of successes, a failure count by code otherwise.
+            if code == "OK" {
+                self.op_duration
+                    .get_or_create(&OperationLabels {
+                        provider: PROVIDER,
+                        operation,
+                    })
+                    .observe(elapsed.as_secs_f64());
+            } else {
                 self.op_failed
                     .get_or_create(&OperationErrorLabels {
                         provider: PROVIDER,
                         operation,
-                        error_code: code.into(),
+                        error_code: mcm_error_code(code),
                     })
                     .inc();
             }
@@ -208,12 +292,16 @@ impl ControllerMetrics {
     pub fn reconciled(&self, controller: &'static str, elapsed: Duration) {
         let l = ControllerLabels { controller };
         self.reconciles.get_or_create(&l).inc();
-        self.duration.get_or_create(&l).observe(elapsed.as_secs_f64());
+        self.duration
+            .get_or_create(&l)
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A reconcile failed (or handled a driver error); `reason` is the error's metric label.
     pub fn failed(&self, controller: &'static str, reason: String) {
-        self.failures.get_or_create(&ControllerFailureLabels { controller, reason }).inc();
+        self.failures
+            .get_or_create(&ControllerFailureLabels { controller, reason })
+            .inc();
     }
 
     /// The orphan collector deleted a device.
@@ -250,15 +338,49 @@ impl Metrics {
         let mut registry = Registry::default();
         {
             let r = registry.sub_registry_with_prefix("metal_driver");
-            r.register("metal_api_requests", "Metal API requests by endpoint and HTTP status", metal.requests.clone());
-            r.register("metal_api_request_duration_seconds", "Metal API request latency", metal.duration.clone());
-            r.register("metal_api_retries", "Metal API retries by endpoint and reason", metal.retries.clone());
+            r.register(
+                "metal_api_requests",
+                "Metal API requests by endpoint and HTTP status",
+                metal.requests.clone(),
+            );
+            r.register(
+                "metal_api_request_duration_seconds",
+                "Metal API request latency",
+                metal.duration.clone(),
+            );
+            r.register(
+                "metal_api_retries",
+                "Metal API retries by endpoint and reason",
+                metal.retries.clone(),
+            );
         }
         {
             let r = registry.sub_registry_with_prefix("mcm_cloud_api");
-            r.register("requests", "Cloud API requests (MCM name)", metal.mcm_requests.clone());
-            r.register("requests_failed", "Failed cloud API requests (MCM name)", metal.mcm_failed.clone());
-            r.register("api_request_duration_seconds", "Cloud API request latency (MCM name)", metal.mcm_duration.clone());
+            r.register(
+                "requests",
+                "Cloud API requests (MCM name)",
+                metal.mcm_requests.clone(),
+            );
+            r.register(
+                "requests_failed",
+                "Failed cloud API requests (MCM name)",
+                metal.mcm_failed.clone(),
+            );
+            r.register(
+                "api_request_duration_seconds",
+                "Latency of successful cloud API requests (MCM name)",
+                metal.mcm_duration.clone(),
+            );
+            r.register(
+                "driver_request_duration_seconds",
+                "Latency of successful driver operations (MCM name)",
+                grpc.op_duration.clone(),
+            );
+            r.register(
+                "driver_requests_failed",
+                "Failed driver operations by operation and numeric error code (MCM name)",
+                grpc.op_failed.clone(),
+            );
         }
         {
             let r = registry.sub_registry_with_prefix("grpc_server");
@@ -268,23 +390,39 @@ impl Metrics {
             r.register("in_flight", "RPCs in progress", grpc.in_flight.clone());
         }
         {
-            let r = registry.sub_registry_with_prefix("mcm_driver");
-            r.register("operation_duration_seconds", "Driver operation latency (MCM name)", grpc.op_duration.clone());
-            r.register("operation_failed", "Failed driver operations by error code (MCM name)", grpc.op_failed.clone());
-        }
-        {
             let r = registry.sub_registry_with_prefix("metal_driver_controller");
-            r.register("reconciles", "Reconciles by controller", controller.reconciles.clone());
+            r.register(
+                "reconciles",
+                "Reconciles by controller",
+                controller.reconciles.clone(),
+            );
             r.register(
                 "reconcile_failures",
                 "Failed reconciles and handled driver errors, by controller and reason",
                 controller.failures.clone(),
             );
-            r.register("reconcile_duration_seconds", "Reconcile latency", controller.duration.clone());
-            r.register("orphan_devices_deleted", "Devices deleted by orphan collection", controller.orphans_deleted.clone());
-            r.register("leader", "1 while this replica holds the leader lease", controller.leader.clone());
+            r.register(
+                "reconcile_duration_seconds",
+                "Reconcile latency",
+                controller.duration.clone(),
+            );
+            r.register(
+                "orphan_devices_deleted",
+                "Devices deleted by orphan collection",
+                controller.orphans_deleted.clone(),
+            );
+            r.register(
+                "leader",
+                "1 while this replica holds the leader lease",
+                controller.leader.clone(),
+            );
         }
-        Self { registry: Arc::new(registry), metal, grpc, controller }
+        Self {
+            registry: Arc::new(registry),
+            metal,
+            grpc,
+            controller,
+        }
     }
 
     /// The Prometheus text exposition of every family.
@@ -303,10 +441,17 @@ mod tests {
     #[test]
     fn renders_our_and_mcm_names() {
         let m = Metrics::new();
-        m.metal.observe("findDeviceById", "200", Duration::from_millis(3));
-        m.metal.observe("findDeviceById", "503", Duration::from_millis(3));
+        m.metal
+            .observe("findDeviceById", "200", Duration::from_millis(3));
+        m.metal
+            .observe("findDeviceById", "503", Duration::from_millis(3));
         m.grpc.start("cmi.v1.Machine", "GetMachineStatus");
-        m.grpc.end("cmi.v1.Machine", "GetMachineStatus", "NotFound", Duration::from_millis(1));
+        m.grpc.end(
+            "cmi.v1.Machine",
+            "GetMachineStatus",
+            "NotFound",
+            Duration::from_millis(1),
+        );
         let text = m.render();
         for needle in [
             "metal_driver_metal_api_requests_total{endpoint=\"findDeviceById\",status=\"200\"} 1",
@@ -314,9 +459,23 @@ mod tests {
             "mcm_cloud_api_requests_failed_total{provider=\"equinixmetal\",service=\"findDeviceById\"} 1",
             "mcm_cloud_api_api_request_duration_seconds_count",
             "grpc_server_handled_total{grpc_service=\"cmi.v1.Machine\",grpc_method=\"GetMachineStatus\",grpc_code=\"NotFound\"} 1",
-            "mcm_driver_operation_failed_total{provider=\"equinixmetal\",operation=\"GetMachineStatus\",error_code=\"NotFound\"} 1",
+            "mcm_cloud_api_driver_requests_failed_total{provider=\"equinixmetal\",operation=\"get_machine_status\",error_code=\"5\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        // Only successful calls reach MCM's latency histograms.
+        assert!(text.contains(
+            "mcm_cloud_api_api_request_duration_seconds_count{provider=\"equinixmetal\",service=\"findDeviceById\"} 1"
+        ));
+        assert!(!text.contains("mcm_cloud_api_driver_request_duration_seconds_count{"));
+    }
+
+    #[test]
+    fn mcm_error_codes_are_numeric_grpc_codes() {
+        assert_eq!(mcm_error_code("InvalidArgument"), "3");
+        assert_eq!(mcm_error_code("Unavailable"), "14");
+        assert_eq!(mcm_error_code("Canceled"), "1");
+        assert_eq!(mcm_error_code("Unknown"), "2");
+        assert_eq!(mcm_operation("ListMachines"), "list_machine");
     }
 }

@@ -148,7 +148,8 @@ async fn side_port_serves_health_and_metrics_with_mcm_names() {
         "grpc_server_handled_total{grpc_service=\"cmi.v1.Machine\",grpc_method=\"GetMachineStatus\",grpc_code=\"InvalidArgument\"} 1",
         "mcm_cloud_api_requests_total{provider=\"equinixmetal\",service=\"createDevice\"} 1",
         "mcm_cloud_api_api_request_duration_seconds_count{provider=\"equinixmetal\",service=\"findProjectDevices\"}",
-        "mcm_driver_operation_failed_total{provider=\"equinixmetal\",operation=\"GetMachineStatus\",error_code=\"InvalidArgument\"} 1",
+        "mcm_cloud_api_driver_requests_failed_total{provider=\"equinixmetal\",operation=\"get_machine_status\",error_code=\"3\"} 1",
+        "mcm_cloud_api_driver_request_duration_seconds_count{provider=\"equinixmetal\",operation=\"create_machine\"} 1",
         "metal_driver_metal_api_requests_total{endpoint=\"createDevice\",status=\"201\"} 1",
     ] {
         assert!(text.contains(needle), "missing {needle}\n{text}");
