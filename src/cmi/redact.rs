@@ -135,16 +135,32 @@ mod tests {
         })
     }
 
+    /// The messages build.rs found carrying a `(cmi_secret)` field (it reads the extension
+    /// from the proto source with protox and switches prost's `Debug` off for them).
+    const SECRET_MESSAGES: &str = include_str!(concat!(env!("OUT_DIR"), "/cmi_secret_messages.txt"));
+
     #[test]
     fn every_secret_bearing_message_has_a_redacting_debug() {
         let pool = DescriptorPool::decode(crate::cmi::FILE_DESCRIPTOR_SET).unwrap();
-        let ext = pool.get_extension_by_name("cmi.v1.cmi_secret").expect("cmi_secret extension");
+        let listed: Vec<&str> = SECRET_MESSAGES.lines().map(|l| l.trim_start_matches('.')).collect();
         let mut checked = 0;
         for message in pool.all_messages() {
-            let secret_bearing = message.fields().any(|f| {
-                let o = f.options();
-                o.has_extension(&ext) && matches!(o.get_extension(&ext).as_ref(), Value::Bool(true))
+            // Cross-check build.rs: any message with a map<string, bytes> field named
+            // Secrets must have been found by the extension scan.
+            let has_secrets_field = message.fields().any(|f| f.name() == "Secrets");
+            let ext_marked = pool.get_extension_by_name("cmi.v1.cmi_secret").is_some_and(|ext| {
+                message.fields().any(|f| {
+                    let o = f.options();
+                    o.has_extension(&ext) && matches!(o.get_extension(&ext).as_ref(), Value::Bool(true))
+                })
             });
+            let secret_bearing = listed.contains(&message.full_name()) || ext_marked;
+            assert_eq!(
+                has_secrets_field,
+                secret_bearing,
+                "{}: build.rs's cmi_secret scan and the Secrets fields disagree",
+                message.full_name()
+            );
             if !secret_bearing {
                 continue;
             }
