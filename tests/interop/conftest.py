@@ -138,13 +138,18 @@ def start_sim(binary: Path, name: str, args: list[str]) -> tuple[Proc, str]:
     return sim, url
 
 
+# The driver logs at debug level, so the secret-leak check (test_zz_logs.py) covers the
+# verbose paths too (design §4: a `?request` in a span prints the Secrets map).
+DRIVER_LOG = os.environ.get("RUST_LOG", "metal_driver=debug,info")
+
+
 def start_driver(binary: Path, name: str, api_url: str) -> tuple[Proc, str, str]:
     http_port = free_port()
     driver = Proc(
         f"{name}-serve",
         [binary, "serve", "--endpoint", "tcp://127.0.0.1:0", "--metal-api-url", api_url, "--http-addr", f"127.0.0.1:{http_port}"],
         LOG_DIR / f"{name}-serve.log",
-        env={"RUST_LOG": os.environ.get("RUST_LOG", "info")},
+        env={"RUST_LOG": DRIVER_LOG},
     )
     endpoint = driver.start(r"listening on (tcp://\S+)", timeout=30)
     target = endpoint[len("tcp://"):]

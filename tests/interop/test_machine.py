@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import uuid
 
 import grpc
@@ -41,6 +42,19 @@ def test_lifecycle_create_status_list_shutdown_delete(main_stack, cluster):
     dev_id = device_uuid(created.ProviderID)
     uuid.UUID(dev_id)
     assert created.NodeName == name
+
+    # The create request leaves out unset optional fields instead of sending zero values
+    # (notes/metal-api.md: `always_pxe: false` broke creates, an empty
+    # `hardware_reservation_id` had to go), and carries what the spec asked for.
+    posts = [e for e in main_stack.tap.exchanges if e.method == "POST" and e.route == f"/projects/{PROJECT}/devices"
+             and isinstance(e.request_json, dict) and e.request_json.get("hostname") == name]
+    assert len(posts) == 1, [e.describe() for e in posts]
+    body = posts[0].request_json
+    zero = {k: v for k, v in body.items() if v in (None, "", [], {}, False)}
+    assert not zero, f"create body sends unset fields: {zero}"
+    assert {k: body.get(k) for k in ("metro", "plan", "operating_system", "billing_cycle")} == {
+        "metro": "sv", "plan": "c3.small.x86", "operating_system": "ubuntu_22_04", "billing_cycle": "hourly"}
+    assert "userdata" in body and "facility" not in body
 
     # The device really exists, as asked for.
     dev = api.get_device(dev_id).json()
@@ -117,6 +131,9 @@ def test_list_spans_pages(main_stack, cluster):
     pages = [e for e in main_stack.tap.since(mark) if e.method == "GET" and e.route == f"/projects/{PROJECT}/devices"]
     assert len(pages) >= 3, "12 devices at ≤5 per page need at least 3 list requests:\n" + "\n".join(e.describe() for e in pages)
     assert all(e.status == 200 for e in pages)
+    tag_q = "tag=" + urllib.parse.quote(f"kubernetes.io/cluster/{cluster}", safe="")
+    assert all(tag_q in e.query for e in pages), "ListMachines should filter by the cluster tag server-side (design §6):\n" + \
+        "\n".join(e.path for e in pages)
     assert PROVIDER_ID_PREFIX + other["id"] not in got
 
     for pid, name in want.items():
@@ -194,3 +211,90 @@ def test_alternate_api_token_is_used(main_stack, cluster):
 def test_get_volume_ids(main_stack, pv_specs):
     resp = main_stack.client.volume_ids(pv_specs)
     assert list(resp.VolumeIDs) == [], "Metal has no cloud volumes: nothing to map"
+
+
+def test_facilities_are_honoured(main_stack, cluster):
+    """`facilities` (Gardener's field, ignored by the Go provider) becomes the create's
+    `facility` list, and exactly one of metro/facility is sent (both would fail oneOf)."""
+    c, api, tap = main_stack.client, main_stack.api(), main_stack.tap
+    spec = provider_spec(cluster, metro=None, facilities=["da11"])
+    mark = tap.mark()
+    r = c.create(f"{cluster}-f", spec)
+    dev = api.get_device(device_uuid(r.ProviderID)).json()
+    assert dev["facility"]["code"] == "da11" and dev["metro"]["code"] == "da"
+    post = [e for e in tap.since(mark) if e.method == "POST" and e.route == f"/projects/{PROJECT}/devices"][-1]
+    assert post.request_json.get("facility") == ["da11"] and "metro" not in post.request_json, post.describe()
+    c.delete(f"{cluster}-f", spec, r.ProviderID)
+
+
+def test_ipxe_script_url_without_os(main_stack, cluster):
+    c, api, tap = main_stack.client, main_stack.api(), main_stack.tap
+    url = "http://127.0.0.1:9/boot.ipxe"
+    spec = provider_spec(cluster, OS=None, ipxeScriptUrl=url)
+    mark = tap.mark()
+    r = c.create(f"{cluster}-ipxe", spec)
+    post = [e for e in tap.since(mark) if e.method == "POST" and e.route == f"/projects/{PROJECT}/devices"][-1]
+    assert post.request_json.get("operating_system") == "custom_ipxe", post.describe()
+    assert post.request_json.get("ipxe_script_url") == url, post.describe()
+    assert api.get_device(device_uuid(r.ProviderID)).json()["operating_system"]["slug"] == "custom_ipxe"
+    c.delete(f"{cluster}-ipxe", spec, r.ProviderID)
+
+
+@pytest.mark.parametrize("form", ["legacy-metro", "packet", "bare-uuid"])
+def test_legacy_provider_id_forms_are_accepted(main_stack, cluster, form):
+    """design §5: decode also accepts `equinixmetal://<metro>/<uuid>` (the Go provider's
+    format), `packet://<uuid>` and a bare UUID; answers use the canonical form."""
+    c = main_stack.client
+    spec = provider_spec(cluster)
+    r = c.create(f"{cluster}-l", spec)
+    dev_id = device_uuid(r.ProviderID)
+    legacy = {"legacy-metro": f"equinixmetal://sv/{dev_id}", "packet": f"packet://{dev_id}", "bare-uuid": dev_id}[form]
+    got = c.status(f"{cluster}-l", spec, legacy)
+    assert got.ProviderID == r.ProviderID
+    c.delete(f"{cluster}-l", spec, legacy)
+    _wait_not_found(c, f"{cluster}-l", spec, r.ProviderID)
+
+
+def test_two_devices_for_one_machine_is_out_of_range(main_stack, cluster):
+    """A second device claiming the same machine (same hostname, identity and cluster tags,
+    e.g. left over by a lost create elsewhere) makes a by-name lookup ambiguous: OUT_OF_RANGE
+    (design §6), never a silent pick."""
+    c, api, tap = main_stack.client, main_stack.api(), main_stack.tap
+    spec = provider_spec(cluster)
+    name = f"{cluster}-dup"
+    mark = tap.mark()
+    r = c.create(name, spec)
+    post = [e for e in tap.since(mark) if e.method == "POST" and e.route == f"/projects/{PROJECT}/devices"][-1]
+    tags = post.request_json["tags"]
+    twin = api.create_device(hostname=name, tags=tags, **{k: post.request_json[k] for k in ("metro", "plan", "operating_system")})
+    err = rpc_error(c.status, name, spec)
+    assert err.code() == grpc.StatusCode.OUT_OF_RANGE, f"{err.code()} {err.details()}"
+    # by ProviderID it is unambiguous
+    assert c.status(name, spec, r.ProviderID).ProviderID == r.ProviderID
+    assert api.delete_device(twin["id"]) == 204
+    c.delete(name, spec, r.ProviderID)
+
+
+def test_concurrent_creates_of_one_machine_make_one_device(main_stack, cluster):
+    """MCM may call CreateMachine again while one is in flight: each call returns the same
+    device or ABORTED (design §6 in-flight guard), and exactly one device exists."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c, api = main_stack.client, main_stack.api()
+    spec = provider_spec(cluster)
+    name = f"{cluster}-cc"
+
+    def one(_):
+        try:
+            return ("OK", c.create(name, spec).ProviderID)
+        except grpc.RpcError as e:
+            return (e.code().name, e.details())
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    oks = {pid for code, pid in results if code == "OK"}
+    assert all(code in ("OK", "ABORTED") for code, _ in results), results
+    assert len(oks) == 1, results
+    devices = api.devices(tag=f"kubernetes.io/cluster/{cluster}")
+    assert [d["id"] for d in devices] == [device_uuid(oks.pop())], f"{len(devices)} devices for one machine"
+    c.delete(name, spec, PROVIDER_ID_PREFIX + devices[0]["id"])
