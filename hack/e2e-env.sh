@@ -89,7 +89,8 @@ start_proc() { # start_proc NAME BINARY ARGS...
   mkdir -p "$STATE/logs" "$STATE/pids"
   printf '%q ' "$bin" "$@" >"$STATE/logs/$name.cmdline"
   # setsid: own session, so a Ctrl-C or hang-up of the caller's terminal does not kill it.
-  setsid "$bin" "$@" </dev/null >>"$STATE/logs/$name.log" 2>&1 &
+  # 8>&-: the long-running children must not inherit (and so hold) the up/down lock.
+  setsid "$bin" "$@" </dev/null >>"$STATE/logs/$name.log" 2>&1 8>&- &
   local pid=$! real i
   real="$(readlink -f "$bin")"
   echo "$pid $real" >"$STATE/pids/$name.pid"
@@ -497,8 +498,8 @@ main() {
   case "$cmd" in
     up|down)
       # One up/down at a time per state dir.
-      exec 8>"$STATE.lock"
-      flock 8
+      exec 8>"$STATE.run.lock"
+      flock -w "$((TIMEOUT * 3))" 8 || die "another '$cmd' holds $STATE.run.lock for too long"
       "cmd_$cmd" ;;
     env) cmd_env ;;
     status) cmd_status ;;
