@@ -30,6 +30,24 @@ pub fn claims_machine(device: &Device, machine: &str, cluster_tag: &str) -> bool
         && device.has_tag(cluster_tag)
 }
 
+/// Whether the device belongs to `project`, judged by its `project_lite.href`
+/// (`.../projects/<uuid>`). A device that does not say is given the benefit of the doubt:
+/// a GET by id only returns devices the token may see anyway.
+pub fn in_project(device: &Device, project: Uuid) -> bool {
+    let Some(href) = device.project_lite.as_ref().map(|h| h.href.as_str()) else {
+        return true;
+    };
+    match href
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .map(Uuid::try_parse)
+    {
+        Some(Ok(id)) => id == project,
+        _ => true,
+    }
+}
+
 /// True when the device is being torn down and no longer stands for a machine.
 pub fn is_going_away(device: &Device) -> bool {
     device.state.is_some_and(DeviceState::is_going_away)
@@ -128,6 +146,26 @@ mod tests {
             &[],
             DeviceState::Deprovisioning
         )));
-        assert!(!is_going_away(&device("m1", &[], DeviceState::Failed)));
+    }
+
+    #[test]
+    fn project_membership_from_href() {
+        use crate::metal::Href;
+        let p = Uuid::from_u128(7);
+        let mut d = device("m1", &[], DeviceState::Active);
+        assert!(in_project(&d, p), "no href: benefit of the doubt");
+        d.project_lite = Some(Href {
+            href: format!("/metal/v1/projects/{p}"),
+        });
+        assert!(in_project(&d, p));
+        let other = Uuid::from_u128(8);
+        d.project_lite = Some(Href {
+            href: format!("/metal/v1/projects/{other}/"),
+        });
+        assert!(!in_project(&d, p));
+        d.project_lite = Some(Href {
+            href: "weird".into(),
+        });
+        assert!(in_project(&d, p));
     }
 }

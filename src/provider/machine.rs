@@ -260,11 +260,8 @@ impl<A: DeviceApi> Provider<A> {
                 }
                 Err(e) => return Err(ctx.api_err(e)),
             };
-            if !device.has_tag(&ctx.spec.cluster_tag) {
-                return Err(Error::NotFound(not_in_cluster(
-                    id.uuid(),
-                    &ctx.spec.cluster_tag,
-                )));
+            if let Some(why) = not_ours(&device, id.uuid(), &ctx) {
+                return Err(Error::NotFound(why));
             }
             if is_going_away(&device) {
                 return Err(Error::NotFound(format!(
@@ -444,10 +441,9 @@ impl<A: DeviceApi> Provider<A> {
             Err(e) if is_gone(&e) => return Ok(Target::Gone),
             Err(e) => return Err(ctx.api_err(e)),
         };
-        if !device.has_tag(&ctx.spec.cluster_tag) {
+        if let Some(why) = not_ours(&device, id, ctx) {
             return Err(Error::FailedPrecondition(format!(
-                "{}; refusing to act on it",
-                not_in_cluster(id, &ctx.spec.cluster_tag)
+                "{why}; refusing to act on it"
             )));
         }
         if is_going_away(&device) {
@@ -675,8 +671,22 @@ fn multiple(machine: &str, devices: &[Device]) -> Error {
     }
 }
 
-fn not_in_cluster(id: Uuid, cluster_tag: &str) -> String {
-    format!("device {id} is not part of this cluster (it lacks the tag {cluster_tag})")
+/// Why a device found by ProviderID is not this class's to act on (CMI: act only on the
+/// cluster's machines), or `None` when it is.
+fn not_ours(device: &Device, id: Uuid, ctx: &Ctx) -> Option<String> {
+    if !lookup::in_project(device, ctx.project) {
+        return Some(format!(
+            "device {id} is not part of this cluster (it belongs to another project than {})",
+            ctx.project
+        ));
+    }
+    if !device.has_tag(&ctx.spec.cluster_tag) {
+        return Some(format!(
+            "device {id} is not part of this cluster (it lacks the tag {})",
+            ctx.spec.cluster_tag
+        ));
+    }
+    None
 }
 
 /// Shortest secret worth scrubbing: replacing a 1-character userData everywhere would

@@ -697,6 +697,21 @@ async fn status_not_found_cases() {
         other => panic!("{other:?}"),
     }
 
+    let mut elsewhere = our_device(MACHINE, DeviceState::Active);
+    elsewhere.project_lite = Some(crate::metal::Href {
+        href: format!("/metal/v1/projects/{OTHER_PROJECT}"),
+    });
+    let eid = p.api().insert(project(), elsewhere);
+    match p.get_machine_status(req_id(pid(eid))).await {
+        Err(Error::NotFound(msg)) => assert!(msg.contains("another project"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        p.delete_machine(req_id(pid(eid))).await,
+        Err(Error::FailedPrecondition(_))
+    ));
+    assert!(p.api().device(eid).is_some());
+
     let gone = p
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Deprovisioning));
