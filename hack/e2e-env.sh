@@ -22,6 +22,11 @@
 #   E2E_MCM_TARGET_KUBECONFIG  target kubeconfig for MCM (default: the env's own; `none` disables)
 #   E2E_APISERVER_EXTRA_ARGS   extra kube-apiserver flags (word-split), e.g. --feature-gates=...
 #   E2E_TIMEOUT          seconds to wait for each component to become ready (default 180)
+#   E2E_KEEP_STATE=1     `down` stops the processes but keeps the state dir (logs)
+#
+# Outputs (in the state dir): kubeconfig (context metal-driver-e2e, admin token user,
+# namespace E2E_NAMESPACE), env (the export lines), pki/{ca.crt,admin-token,admin.crt,admin.key},
+# logs/<component>.log, bin/kubectl. The admin token's user is in group system:masters.
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,7 +37,6 @@ WITH_KCM="${E2E_WITH_KCM:-0}"
 WITH_MCM="${E2E_WITH_MCM:-0}"
 MARKER="$STATE/.metal-driver-e2e"
 KUBECONFIG_FILE="$STATE/kubeconfig"
-# Stop order (reverse start order).
 COMPONENTS=(machine-controller-manager kube-controller-manager kube-apiserver etcd)
 
 log() { echo "e2e-env: $*" >&2; }
@@ -124,22 +128,30 @@ wait_ready() { # wait_ready NAME DESCRIPTION CMD... (CMD must succeed when ready
   log "$name ready after $((SECONDS - start))s"
 }
 
-stop_proc() {
-  local name="$1" pid i
-  pid="$(pid_of "$name")"
-  if [[ -n "$pid" ]]; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 40); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.25
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name (pid $pid) ignored SIGTERM for 10s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
+stop_all() { # SIGTERM every component at once (the env is being thrown away), then wait
+  local n pid i names=() pids=() alive
+  for n in "${COMPONENTS[@]}"; do
+    pid="$(pid_of "$n")"
+    if [[ -n "$pid" ]]; then
+      names+=("$n")
+      pids+=("$pid")
+      kill -TERM "$pid" 2>/dev/null || true
     fi
-    log "stopped $name (pid $pid)"
-  fi
-  rm -f "$STATE/pids/$name.pid"
+  done
+  for i in $(seq 1 60); do
+    alive=0
+    for pid in ${pids[@]+"${pids[@]}"}; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [[ $alive == 1 ]] || break
+    sleep 0.25
+  done
+  for i in "${!pids[@]}"; do
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      log "${names[$i]} (pid ${pids[$i]}) ignored SIGTERM for 15s; sending SIGKILL"
+      kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+    log "stopped ${names[$i]} (pid ${pids[$i]})"
+  done
+  rm -f "$STATE"/pids/*.pid
 }
 
 # --- setup -------------------------------------------------------------------------------
@@ -212,12 +224,15 @@ EOF
     issue apiserver "/CN=kube-apiserver" v3_server
     # Client certificate with the same power as the admin token, for clients that prefer certs.
     issue admin "/O=system:masters/CN=metal-driver-e2e-admin" v3_client
+    # Aggregation layer / request-header authentication (kube-controller-manager's delegated
+    # authentication reads this CA from kube-system/extension-apiserver-authentication).
+    issue front-proxy-client "/CN=front-proxy-client" v3_client
     # Service-account token signing key pair.
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key
     openssl pkey -in sa.key -pubout -out sa.pub
     openssl rand -hex 32 >admin-token
     printf '%s,metal-driver-e2e-admin,metal-driver-e2e-admin,"system:masters"\n' "$(cat admin-token)" >tokens.csv
-    chmod 0644 ca.crt apiserver.crt admin.crt sa.pub
+    chmod 0644 ca.crt apiserver.crt admin.crt front-proxy-client.crt sa.pub
   ) >/dev/null 2>"$STATE/logs/openssl.log" || { cat "$STATE/logs/openssl.log" >&2; die "openssl failed"; }
 }
 
@@ -337,6 +352,13 @@ start_core() {
     --tls-cert-file="$p/apiserver.crt" \
     --tls-private-key-file="$p/apiserver.key" \
     --client-ca-file="$p/ca.crt" \
+    --requestheader-client-ca-file="$p/ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$p/front-proxy-client.crt" \
+    --proxy-client-key-file="$p/front-proxy-client.key" \
     --token-auth-file="$p/tokens.csv" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$p/sa.pub" \
@@ -411,6 +433,8 @@ cmd_up() {
   [[ $WITH_MCM == 1 ]] && bins+=(machine-controller-manager)
   load_bins "${bins[@]}"
 
+  # Whatever fails below: stop what was started, keep the logs.
+  trap up_failed EXIT
   local reuse=0
   if [[ -e "$MARKER" && -f "$STATE/ports" ]]; then
     load_ports
@@ -432,8 +456,17 @@ cmd_up() {
   [[ $WITH_KCM == 1 ]] && start_kcm
   [[ $WITH_MCM == 1 ]] && start_mcm
   write_env
+  trap - EXIT
   log "up: kubeconfig $KUBECONFIG_FILE, apiserver https://127.0.0.1:$APISERVER_PORT, namespace $NS"
   cat "$STATE/env"
+}
+
+up_failed() {
+  local rc=$?
+  [[ $rc != 0 ]] || return 0
+  [[ -d "$STATE/pids" ]] && stop_all
+  log "up failed; logs kept in $STATE/logs (hack/e2e-env.sh down removes them)"
+  exit "$rc"
 }
 
 cmd_env() {
@@ -471,8 +504,7 @@ cmd_down() {
     return 0
   fi
   [[ -e "$MARKER" ]] || die "$STATE was not made by this script; not touching it"
-  local n
-  for n in "${COMPONENTS[@]}"; do stop_proc "$n"; done
+  stop_all
   if [[ "${E2E_KEEP_STATE:-0}" == 1 ]]; then
     log "E2E_KEEP_STATE=1: keeping $STATE (logs in $STATE/logs)"
     rm -f "$STATE/env"
@@ -504,7 +536,7 @@ main() {
     env) cmd_env ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
-    *) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
   esac
 }
 

@@ -126,7 +126,7 @@ main() {
       --versions)
         echo "kubernetes=$K8S_VERSION"; echo "etcd=$ETCD_VERSION"; echo "machine-controller-manager=$MCM_VERSION"
         return ;;
-      -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return ;;
+      -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; return ;;
       -*) die "unknown option $1" ;;
       *) names+=("$1") ;;
     esac
