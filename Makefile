@@ -48,3 +48,7 @@ lint: ## rustfmt check, clippy with warnings as errors, layering check
 .PHONY: fmt
 fmt: ## format the code
 	$(CARGO) fmt --all
+
+.PHONY: soak
+soak: ## fault-injection soak of the driver (SOAK_SECONDS, default 600; bounded; see hack/soak.sh)
+	hack/soak.sh $(SOAK_SECONDS)

@@ -14,6 +14,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo test"
 cargo test --all-targets
 
+step "soak (60 s: faults, driver restarts, invariants)"
+hack/soak.sh 60
+
 step "layering"
 hack/check-layering.sh
 

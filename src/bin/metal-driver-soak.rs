@@ -1,0 +1,910 @@
+//! `metal-driver-soak`: the fault-injection soak (issue 6, `make soak`, `hack/soak.sh`).
+//!
+//! Starts the Metal API simulator in-process with mixed faults (429 with Retry-After,
+//! 500/503, added latency, commit-then-drop), runs `metal-driver serve` as a subprocess on a
+//! unix socket and kills it (SIGKILL, then SIGTERM, alternating) every `--restart-every`
+//! seconds, and drives machines through create → status polls → list → delete concurrently
+//! over gRPC, retrying the way MCM does (Unavailable, Aborted, DeadlineExceeded, Unknown,
+//! Internal and ResourceExhausted are retried). When the time is up no new machine starts;
+//! the running ones finish, and the invariants are checked and printed as figures (and
+//! written as JSON next to the driver logs):
+//!
+//! - every machine ever created got exactly one device (the simulator's `devices_created`
+//!   equals the number of machines, and every create answer for a machine named the same
+//!   device), and list never showed a device of an unknown machine or a second device;
+//! - no device is left after the deletes, deprovisioning included;
+//! - every RPC got a final answer (none hit the hang guard) and every machine finished;
+//! - no driver run logged a panic, and every SIGTERM'd driver exited 0;
+//! - the count of each injected fault.
+//!
+//! Exit status 0 when every invariant holds, 1 otherwise. Loopback and a private unix
+//! socket only; the run is bounded by `--seconds` plus `--drain-seconds`.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    process::{ExitCode, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use metal_driver::{
+    cmi::{
+        client::CmiClient,
+        observe::code_name,
+        v1::{
+            CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest,
+            ListMachinesRequest,
+        },
+    },
+    sim::{self, SimArgs},
+};
+use rand::Rng;
+use serde_json::json;
+use tokio::{io::AsyncBufReadExt, process::Child, sync::Semaphore};
+use tonic::Code;
+
+const PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
+const TOKEN: &str = "sim-token";
+
+/// Flags of the soak.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "metal-driver-soak",
+    about = "Fault-injection soak of metal-driver serve"
+)]
+struct Args {
+    /// How long new machines keep starting (the run then drains, see --drain-seconds).
+    #[arg(long, env = "SOAK_SECONDS", default_value_t = 600)]
+    seconds: u64,
+    /// Upper bound on the drain after --seconds: machines still running get this long.
+    #[arg(long, env = "SOAK_DRAIN_SECONDS", default_value_t = 180)]
+    drain_seconds: u64,
+    /// Machines in flight at once.
+    #[arg(long, env = "SOAK_CONCURRENCY", default_value_t = 24)]
+    concurrency: usize,
+    /// Stop starting machines after this many (0 = only the time bounds the run).
+    #[arg(long, env = "SOAK_MAX_MACHINES", default_value_t = 0)]
+    max_machines: u64,
+    /// Probability of an injected 429 (with Retry-After) per API request.
+    #[arg(long, default_value_t = 0.07)]
+    fault_rate_429: f64,
+    /// Probability of an injected 500/503 per API request.
+    #[arg(long, default_value_t = 0.07)]
+    fault_rate_5xx: f64,
+    /// Probability that an API request is executed and its response dropped.
+    #[arg(long, default_value_t = 0.06)]
+    fault_rate_drop: f64,
+    /// Latency added to every API request, in milliseconds.
+    #[arg(long, default_value_t = 15)]
+    latency_ms: u64,
+    /// Seconds between driver restarts (alternately SIGKILL and SIGTERM); 0 = never.
+    #[arg(long, env = "SOAK_RESTART_EVERY", default_value_t = 20)]
+    restart_every: u64,
+    /// The driver binary (default: `metal-driver` next to this binary).
+    #[arg(long)]
+    driver_bin: Option<PathBuf>,
+    /// Where driver logs and report.json go (default: target/soak/<unix time>).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Seed of the simulator's fault draws (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Counters shared by every task.
+#[derive(Default)]
+struct Tally {
+    rpc_started: AtomicU64,
+    rpc_answered: AtomicU64,
+    rpc_hung: AtomicU64,
+    /// (method, code) → answers.
+    outcomes: Mutex<BTreeMap<(String, String), u64>>,
+    machines_started: AtomicU64,
+    machines_done: AtomicU64,
+    /// Machine name → every ProviderID a create answered for it.
+    created: Mutex<HashMap<String, HashSet<String>>>,
+    /// Machines whose workflow began (list may show them).
+    known: Mutex<HashSet<String>>,
+    /// Problems found while running (each one fails the soak).
+    anomalies: Mutex<Vec<String>>,
+    lists: AtomicU64,
+    list_unknown: AtomicU64,
+    list_foreign_device: AtomicU64,
+    concurrent_creates: AtomicU64,
+}
+
+impl Tally {
+    fn answer(&self, method: &str, code: Code) {
+        self.rpc_answered.fetch_add(1, Ordering::Relaxed);
+        *self
+            .outcomes
+            .lock()
+            .unwrap()
+            .entry((method.to_owned(), code_name(code).to_owned()))
+            .or_default() += 1;
+    }
+
+    fn anomaly(&self, what: String) {
+        eprintln!("soak: ANOMALY {what}");
+        self.anomalies.lock().unwrap().push(what);
+    }
+}
+
+/// The driver subprocess and its history.
+struct Driver {
+    bin: PathBuf,
+    socket: PathBuf,
+    sim_url: String,
+    out_dir: PathBuf,
+    runs: u32,
+    child: Option<Child>,
+    sigkills: u32,
+    sigterms: u32,
+    /// Exit codes of SIGTERM'd runs that were not 0.
+    bad_exits: Vec<String>,
+}
+
+impl Driver {
+    fn log_path(&self, run: u32) -> PathBuf {
+        self.out_dir.join(format!("driver-{run}.log"))
+    }
+
+    async fn start(&mut self) -> Result<(), String> {
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_path(self.runs)).map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(&self.bin)
+            .arg("serve")
+            .arg("--endpoint")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--metal-api-url")
+            .arg(&self.sim_url)
+            .args([
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grace-period",
+                "5s",
+                "--log-format",
+                "json",
+            ])
+            .args(["--api-request-timeout", "10s", "--api-max-retries", "5"])
+            .env_remove("RUST_LOG")
+            .env("METAL_DRIVER_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .map_err(|_| "the driver did not say `listening on` within 60 s".to_owned())?
+            .map_err(|e| e.to_string())?
+            .ok_or("the driver exited before listening")?;
+        if !first.starts_with("listening on ") {
+            return Err(format!("unexpected first line from the driver: {first}"));
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the current run: SIGKILL (a crash) or SIGTERM (a rolling update).
+    async fn stop(&mut self, graceful: bool) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if graceful {
+            self.sigterms += 1;
+            if let Some(pid) = child.id() {
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => self.bad_exits.push(format!("run {}: {status}", self.runs)),
+                Ok(Err(e)) => self
+                    .bad_exits
+                    .push(format!("run {}: wait failed: {e}", self.runs)),
+                Err(_) => {
+                    self.bad_exits.push(format!(
+                        "run {}: still running 20 s after SIGTERM",
+                        self.runs
+                    ));
+                    let _ = child.kill().await;
+                }
+            }
+        } else {
+            self.sigkills += 1;
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Driver runs whose log mentions a panic.
+    fn panics(&self) -> Vec<String> {
+        (1..=self.runs)
+            .filter_map(|run| {
+                let text = std::fs::read_to_string(self.log_path(run)).unwrap_or_default();
+                text.lines()
+                    .find(|l| l.contains("panicked") || l.contains("RUST_BACKTRACE"))
+                    .map(|l| format!("driver-{run}.log: {l}"))
+            })
+            .collect()
+    }
+}
+
+fn spec(cluster_tag: &str) -> Vec<u8> {
+    json!({
+        "projectID": PROJECT,
+        "metro": "sv",
+        "machineType": "c3.small.x86",
+        "OS": "ubuntu_22_04",
+        "billingCycle": "hourly",
+        "tags": [cluster_tag, "kubernetes.io/role/node"],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn secrets() -> HashMap<String, Vec<u8>> {
+    HashMap::from([
+        ("apiToken".to_owned(), TOKEN.as_bytes().to_vec()),
+        (
+            "userData".to_owned(),
+            b"#cloud-config\nhostname: soak\n".to_vec(),
+        ),
+    ])
+}
+
+/// Codes MCM retries soon (the rest are final).
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Aborted
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::Cancelled
+    )
+}
+
+/// Everything a machine task needs.
+#[derive(Clone)]
+struct Ctx {
+    cmi: CmiClient,
+    tally: Arc<Tally>,
+    spec: Arc<Vec<u8>>,
+    secrets: Arc<HashMap<String, Vec<u8>>>,
+    /// Past this instant the run is over: retry loops give up.
+    hard_stop: Instant,
+}
+
+/// The per-call deadline the client sends; the hang guard waits this plus a margin.
+const CALL_DEADLINE: Duration = Duration::from_secs(20);
+const HANG_GUARD: Duration = Duration::from_secs(45);
+
+impl Ctx {
+    /// One RPC with a deadline and a hang guard; the answer is tallied.
+    async fn call<T, F>(&self, method: &str, fut: F) -> Result<T, tonic::Status>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.tally.rpc_started.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(HANG_GUARD, fut).await {
+            Ok(Ok(r)) => {
+                self.tally.answer(method, Code::Ok);
+                Ok(r.into_inner())
+            }
+            Ok(Err(status)) => {
+                self.tally.answer(method, status.code());
+                Err(status)
+            }
+            Err(_) => {
+                self.tally.rpc_hung.fetch_add(1, Ordering::Relaxed);
+                self.tally
+                    .anomaly(format!("{method}: no answer within {HANG_GUARD:?}"));
+                Err(tonic::Status::deadline_exceeded("hang guard"))
+            }
+        }
+    }
+
+    /// Retries `op` on the retryable codes with a jittered backoff, as MCM would.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Err(s) if retryable(s.code()) && Instant::now() < self.hard_stop => {
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(s) if retryable(s.code()) => {
+                    return Err(tonic::Status::new(
+                        s.code(),
+                        format!("{what}: gave up at the end of the run: {}", s.message()),
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn create(&self, name: &str) -> Result<String, tonic::Status> {
+        self.retrying("create", || {
+            let mut m = self.cmi.machine.clone();
+            let req = self.cmi.request(CreateMachineRequest {
+                machine_name: name.to_owned(),
+                provider_spec: self.spec.to_vec(),
+                secrets: (*self.secrets).clone(),
+                last_known_state: Vec::new(),
+            });
+            async move {
+                self.call("CreateMachine", m.create_machine(req))
+                    .await
+                    .map(|r| r.provider_id)
+            }
+        })
+        .await
+    }
+
+    async fn status(&self, name: &str, provider_id: &str) -> Result<String, tonic::Status> {
+        self.retrying("status", || {
+            let mut m = self.cmi.machine.clone();
+            let req = self.cmi.request(GetMachineStatusRequest {
+                machine_name: name.to_owned(),
+                provider_spec: self.spec.to_vec(),
+                secrets: (*self.secrets).clone(),
+                provider_id: provider_id.to_owned(),
+            });
+            async move {
+                self.call("GetMachineStatus", m.get_machine_status(req))
+                    .await
+                    .map(|r| r.provider_id)
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str, provider_id: &str) -> Result<(), tonic::Status> {
+        self.retrying("delete", || {
+            let mut m = self.cmi.machine.clone();
+            let req = self.cmi.request(DeleteMachineRequest {
+                machine_name: name.to_owned(),
+                provider_spec: self.spec.to_vec(),
+                secrets: (*self.secrets).clone(),
+                provider_id: provider_id.to_owned(),
+                last_known_state: Vec::new(),
+            });
+            async move {
+                self.call("DeleteMachine", m.delete_machine(req))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<HashMap<String, String>, tonic::Status> {
+        self.retrying("list", || {
+            let mut m = self.cmi.machine.clone();
+            let req = self.cmi.request(ListMachinesRequest {
+                provider_spec: self.spec.to_vec(),
+                secrets: (*self.secrets).clone(),
+            });
+            async move {
+                self.call("ListMachines", m.list_machines(req))
+                    .await
+                    .map(|r| r.machine_list)
+            }
+        })
+        .await
+    }
+
+    fn record_create(&self, name: &str, provider_id: &str) {
+        self.tally
+            .created
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .insert(provider_id.to_owned());
+    }
+
+    /// One machine's life: create (sometimes twice at once), status polls, delete, and a
+    /// final status that must say NotFound.
+    async fn machine(&self, name: String) {
+        self.tally.known.lock().unwrap().insert(name.clone());
+        let twice = rand::rng().random_bool(0.1);
+        let created = if twice {
+            self.tally
+                .concurrent_creates
+                .fetch_add(1, Ordering::Relaxed);
+            let (a, b) = tokio::join!(self.create(&name), self.create(&name));
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    self.record_create(&name, &a);
+                    self.record_create(&name, &b);
+                    Ok(a)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        } else {
+            self.create(&name)
+                .await
+                .inspect(|pid| self.record_create(&name, pid))
+        };
+        let provider_id = match created {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.tally.anomaly(format!(
+                    "{name}: create ended {:?}: {}",
+                    e.code(),
+                    e.message()
+                ));
+                // Clean up whatever may exist (lookup by name, no ProviderID).
+                let _ = self.delete(&name, "").await;
+                self.tally.machines_done.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let polls = rand::rng().random_range(1..=3);
+        for _ in 0..polls {
+            let pause = Duration::from_millis(rand::rng().random_range(100..600));
+            tokio::time::sleep(pause).await;
+            match self.status(&name, &provider_id).await {
+                Ok(pid) if pid == provider_id => {}
+                Ok(pid) => self.tally.anomaly(format!(
+                    "{name}: status names {pid}, create said {provider_id}"
+                )),
+                Err(e) => self.tally.anomaly(format!(
+                    "{name}: status ended {:?}: {}",
+                    e.code(),
+                    e.message()
+                )),
+            }
+        }
+        if let Err(e) = self.delete(&name, &provider_id).await {
+            self.tally.anomaly(format!(
+                "{name}: delete ended {:?}: {}",
+                e.code(),
+                e.message()
+            ));
+        }
+        match self.status(&name, &provider_id).await {
+            Err(e) if e.code() == Code::NotFound => {}
+            Ok(_) => self
+                .tally
+                .anomaly(format!("{name}: still found after delete")),
+            Err(e) => self.tally.anomaly(format!(
+                "{name}: final status ended {:?}: {}",
+                e.code(),
+                e.message()
+            )),
+        }
+        self.tally.machines_done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lists while the run lasts: every listed device must belong to a machine we started,
+    /// and be the device its create named.
+    async fn lister(&self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(list) = self.list().await {
+                self.tally.lists.fetch_add(1, Ordering::Relaxed);
+                let known = self.tally.known.lock().unwrap().clone();
+                let created = self.tally.created.lock().unwrap().clone();
+                for (pid, host) in list {
+                    if !known.contains(&host) {
+                        self.tally.list_unknown.fetch_add(1, Ordering::Relaxed);
+                        self.tally
+                            .anomaly(format!("list shows {pid} for unknown machine {host}"));
+                    } else if let Some(pids) = created.get(&host)
+                        && !pids.contains(&pid)
+                    {
+                        self.tally
+                            .list_foreign_device
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.tally.anomaly(format!(
+                            "list shows a second device {pid} for {host} (create said {pids:?})"
+                        ));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+}
+
+fn default_driver_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("metal-driver")))
+        .unwrap_or_else(|| PathBuf::from("metal-driver"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("soak: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("soak: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    let started = Instant::now();
+    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let out_dir = args
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("target/soak/{stamp}")));
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let out_dir =
+        std::fs::canonicalize(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    // The socket lives in a directory only we can enter (the driver refuses world-writable ones).
+    let sock_dir = out_dir.join("sock");
+    std::fs::create_dir_all(&sock_dir).map_err(|e| format!("{}: {e}", sock_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
+    }
+    let socket = sock_dir.join("cmi.sock");
+
+    let mut sim_args = SimArgs::for_tests();
+    sim_args.provision_seconds = 1.0;
+    sim_args.deprovision_seconds = 0.5;
+    sim_args.power_seconds = 0.5;
+    sim_args.fault_rate_429 = args.fault_rate_429;
+    sim_args.fault_rate_5xx = args.fault_rate_5xx;
+    sim_args.fault_rate_drop = args.fault_rate_drop;
+    sim_args.latency_ms = args.latency_ms;
+    sim_args.retry_after_seconds = 1;
+    sim_args.seed = Some(seed);
+    let sim = sim::spawn(sim_args)
+        .await
+        .map_err(|e| format!("simulator: {e}"))?;
+
+    let mut driver = Driver {
+        bin: args.driver_bin.clone().unwrap_or_else(default_driver_bin),
+        socket: socket.clone(),
+        sim_url: sim.base_url(),
+        out_dir: out_dir.clone(),
+        runs: 0,
+        child: None,
+        sigkills: 0,
+        sigterms: 0,
+        bad_exits: Vec::new(),
+    };
+    driver.start().await?;
+    println!(
+        "soak: {} s (+ up to {} s drain), {} machines at once, faults 429={} 5xx={} drop={} latency={} ms, restart every {} s, seed {seed}, logs in {}",
+        args.seconds,
+        args.drain_seconds,
+        args.concurrency,
+        args.fault_rate_429,
+        args.fault_rate_5xx,
+        args.fault_rate_drop,
+        args.latency_ms,
+        args.restart_every,
+        out_dir.display()
+    );
+    let cmi = CmiClient::connect(&format!("unix://{}", socket.display()), CALL_DEADLINE)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let run_until = started + Duration::from_secs(args.seconds);
+    let hard_stop = run_until + Duration::from_secs(args.drain_seconds);
+    let run_tag = format!("kubernetes.io/cluster/soak-{stamp}");
+    let ctx = Ctx {
+        cmi,
+        tally: Arc::new(Tally::default()),
+        spec: Arc::new(spec(&run_tag)),
+        secrets: Arc::new(secrets()),
+        hard_stop,
+    };
+
+    // The restarter: alternately SIGKILL and SIGTERM, then start again at once.
+    let driver = Arc::new(tokio::sync::Mutex::new(driver));
+    let restarts_done = Arc::new(AtomicBool::new(false));
+    let restarter = {
+        let driver = driver.clone();
+        let done = restarts_done.clone();
+        let every = args.restart_every;
+        tokio::spawn(async move {
+            if every == 0 {
+                return Ok::<(), String>(());
+            }
+            let mut graceful = false;
+            loop {
+                tokio::time::sleep(Duration::from_secs(every)).await;
+                if Instant::now() + Duration::from_secs(every / 2) >= run_until
+                    || done.load(Ordering::Relaxed)
+                {
+                    return Ok(());
+                }
+                let mut d = driver.lock().await;
+                d.stop(graceful).await;
+                println!(
+                    "soak: [{:>5.0}s] driver {} ({}), restarting",
+                    started.elapsed().as_secs_f64(),
+                    d.runs,
+                    if graceful { "SIGTERM" } else { "SIGKILL" }
+                );
+                d.start().await?;
+                graceful = !graceful;
+            }
+        })
+    };
+
+    let list_stop = Arc::new(AtomicBool::new(false));
+    let lister = {
+        let ctx = ctx.clone();
+        let stop = list_stop.clone();
+        tokio::spawn(async move { ctx.lister(stop).await })
+    };
+
+    // The load: machines keep starting until --seconds (or --max-machines).
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next = 0u64;
+    let mut last_report = Instant::now();
+    while Instant::now() < run_until && (args.max_machines == 0 || next < args.max_machines) {
+        let Ok(permit) =
+            tokio::time::timeout(Duration::from_millis(500), permits.clone().acquire_owned()).await
+        else {
+            continue;
+        };
+        let permit = permit.map_err(|e| e.to_string())?;
+        let name = format!("soak-{next:05}");
+        next += 1;
+        ctx.tally.machines_started.fetch_add(1, Ordering::Relaxed);
+        let worker = ctx.clone();
+        tasks.spawn(async move {
+            worker.machine(name).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            println!(
+                "soak: [{:>5.0}s] machines started {} done {} · RPCs {} · faults {:?}",
+                started.elapsed().as_secs_f64(),
+                ctx.tally.machines_started.load(Ordering::Relaxed),
+                ctx.tally.machines_done.load(Ordering::Relaxed),
+                ctx.tally.rpc_answered.load(Ordering::Relaxed),
+                sim.stats().faults
+            );
+        }
+    }
+    println!(
+        "soak: [{:>5.0}s] no new machines; draining",
+        started.elapsed().as_secs_f64()
+    );
+    restarts_done.store(true, Ordering::Relaxed);
+    let drained = tokio::time::timeout(
+        hard_stop.saturating_duration_since(Instant::now()) + Duration::from_secs(60),
+        async { while tasks.join_next().await.is_some() {} },
+    )
+    .await
+    .is_ok();
+    if !drained {
+        ctx.tally
+            .anomaly("machines still running after the drain".into());
+        tasks.abort_all();
+    }
+    list_stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(60), lister).await;
+    restarter.abort();
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(30), restarter).await {
+        ctx.tally.anomaly(format!("restart failed: {e}"));
+    }
+
+    // A final list through the driver, then the simulator's own view once deprovisioning
+    // has had time to finish.
+    let final_list = ctx.list().await.map(|l| l.len()).unwrap_or(usize::MAX);
+    let mut leftover = sim.devices();
+    for _ in 0..40 {
+        if leftover.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        leftover = sim.devices();
+    }
+    let stats = sim.stats();
+    let mut driver = driver.lock().await;
+    driver.stop(true).await;
+    let panics = driver.panics();
+    sim.shutdown().await;
+
+    let t = &ctx.tally;
+    let created = t.created.lock().unwrap().clone();
+    let machines_created = created.len() as u64;
+    let multi: Vec<String> = created
+        .iter()
+        .filter(|(_, pids)| pids.len() > 1)
+        .map(|(m, pids)| format!("{m}: {pids:?}"))
+        .collect();
+    let all_pids: HashSet<&String> = created.values().flatten().collect();
+    let anomalies = t.anomalies.lock().unwrap().clone();
+    let outcomes = t.outcomes.lock().unwrap().clone();
+    let rpc_started = t.rpc_started.load(Ordering::Relaxed);
+    let rpc_answered = t.rpc_answered.load(Ordering::Relaxed);
+    let rpc_hung = t.rpc_hung.load(Ordering::Relaxed);
+    let machines_started = t.machines_started.load(Ordering::Relaxed);
+    let machines_done = t.machines_done.load(Ordering::Relaxed);
+    let api_requests: u64 = stats.requests.values().sum();
+    let faults_total: u64 = stats.faults.values().sum();
+
+    let checks: Vec<(&str, bool, String)> = vec![
+        (
+            "exactly one device per machine",
+            stats.devices_created == machines_created
+                && multi.is_empty()
+                && all_pids.len() as u64 == machines_created,
+            format!(
+                "{} devices created for {} machines; {} machines answered with more than one ProviderID",
+                stats.devices_created,
+                machines_created,
+                multi.len()
+            ),
+        ),
+        (
+            "zero devices left after deletes",
+            leftover.is_empty() && final_list == 0,
+            format!(
+                "{} devices in the simulator, final ListMachines {} entries",
+                leftover.len(),
+                final_list
+            ),
+        ),
+        (
+            "zero orphans",
+            t.list_unknown.load(Ordering::Relaxed) == 0
+                && t.list_foreign_device.load(Ordering::Relaxed) == 0,
+            format!(
+                "{} lists; {} entries of unknown machines, {} second devices",
+                t.lists.load(Ordering::Relaxed),
+                t.list_unknown.load(Ordering::Relaxed),
+                t.list_foreign_device.load(Ordering::Relaxed)
+            ),
+        ),
+        (
+            "every RPC got a final answer",
+            rpc_started == rpc_answered && rpc_hung == 0,
+            format!("{rpc_started} RPCs sent, {rpc_answered} answered, {rpc_hung} hung"),
+        ),
+        (
+            "every machine finished its lifecycle",
+            machines_started == machines_done && machines_started == machines_created,
+            format!(
+                "{machines_started} started, {machines_created} created, {machines_done} finished"
+            ),
+        ),
+        (
+            "no anomaly on the way",
+            anomalies.is_empty(),
+            format!("{} anomalies", anomalies.len()),
+        ),
+        (
+            "no panic in driver logs",
+            panics.is_empty(),
+            format!("{} driver runs, {} panics", driver.runs, panics.len()),
+        ),
+        (
+            "SIGTERM'd drivers exit 0",
+            driver.bad_exits.is_empty(),
+            format!(
+                "{} SIGTERM, {} SIGKILL, bad exits: {:?}",
+                driver.sigterms, driver.sigkills, driver.bad_exits
+            ),
+        ),
+        (
+            "faults were injected",
+            faults_total > 0,
+            format!("{faults_total} faults in {api_requests} API requests"),
+        ),
+    ];
+
+    let elapsed = started.elapsed();
+    println!(
+        "\nsoak finished after {:.0} s (seed {seed})",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  machines: {machines_started} started, {machines_created} created, {machines_done} finished ({} concurrent double creates)",
+        t.concurrent_creates.load(Ordering::Relaxed)
+    );
+    println!(
+        "  API requests to the simulator: {api_requests}; injected faults: {:?}",
+        stats.faults
+    );
+    println!(
+        "  simulator: {} devices created, {} deletes started",
+        stats.devices_created, stats.devices_deleted
+    );
+    println!(
+        "  driver: {} runs ({} SIGKILL, {} SIGTERM)",
+        driver.runs, driver.sigkills, driver.sigterms
+    );
+    println!("  RPC answers by method and code:");
+    for ((method, code), n) in &outcomes {
+        println!("    {method:<17} {code:<18} {n}");
+    }
+    for m in multi
+        .iter()
+        .chain(anomalies.iter().take(20))
+        .chain(panics.iter())
+    {
+        println!("  ! {m}");
+    }
+    let mut ok = true;
+    for (name, pass, figure) in &checks {
+        ok &= pass;
+        println!("  [{}] {name}: {figure}", if *pass { "ok" } else { "FAIL" });
+    }
+    let report = json!({
+        "seconds": elapsed.as_secs(),
+        "seed": seed,
+        "concurrency": args.concurrency,
+        "fault_rates": { "429": args.fault_rate_429, "5xx": args.fault_rate_5xx, "drop": args.fault_rate_drop },
+        "latency_ms": args.latency_ms,
+        "machines": { "started": machines_started, "created": machines_created, "finished": machines_done },
+        "devices_created": stats.devices_created,
+        "devices_left": leftover.len(),
+        "api_requests": api_requests,
+        "faults": stats.faults,
+        "driver_runs": driver.runs,
+        "sigkill": driver.sigkills,
+        "sigterm": driver.sigterms,
+        "rpcs": { "sent": rpc_started, "answered": rpc_answered, "hung": rpc_hung },
+        "rpc_outcomes": outcomes.iter().map(|((m, c), n)| (format!("{m} {c}"), *n)).collect::<BTreeMap<_, _>>(),
+        "anomalies": anomalies,
+        "panics": panics,
+        "checks": checks.iter().map(|(n, p, f)| json!({"check": n, "ok": p, "figure": f})).collect::<Vec<_>>(),
+        "ok": ok,
+    });
+    let report_path = out_dir.join("report.json");
+    write_report(&report_path, &report);
+    println!("  report: {}", report_path.display());
+    println!("soak {}", if ok { "PASSED" } else { "FAILED" });
+    Ok(ok)
+}
+
+fn write_report(path: &Path, report: &serde_json::Value) {
+    if let Err(e) = std::fs::write(
+        path,
+        serde_json::to_string_pretty(report).unwrap_or_default(),
+    ) {
+        eprintln!("soak: cannot write {}: {e}", path.display());
+    }
+}
