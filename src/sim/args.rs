@@ -21,79 +21,104 @@ pub const DEFAULT_PROJECT: Uuid = Uuid::from_u128(0x5d1ef2a4_0000_4000_8000_0000
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimArgs {
     /// Address to listen on (port 0 picks a free port; the real one is printed).
-    #[arg(long, env = "SIM_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SIM_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Accepted API token: `TOKEN` (all projects) or `TOKEN:UUID,UUID` (only those
     /// projects, which then exist). Repeatable. Default: `sim-token` for all projects.
-    #[arg(long = "token", env = "SIM_TOKEN", value_delimiter = ' ', value_parser = parse_token)]
+    #[arg(long = "token", env = "SIM_TOKEN", value_name = "TOKEN[:UUID,...]", value_delimiter = ' ', value_parser = parse_token)]
     pub tokens: Vec<TokenSpec>,
 
     /// A project that exists (repeatable). Default: 5d1ef2a4-0000-4000-8000-000000000001
     /// when no project is named here or in a `--token`.
-    #[arg(long = "project", env = "SIM_PROJECT", value_delimiter = ' ')]
+    #[arg(
+        long = "project",
+        env = "SIM_PROJECT",
+        value_name = "UUID",
+        value_delimiter = ' '
+    )]
     pub projects: Vec<Uuid>,
 
     /// Seconds from create to `active` (20% `queued`, then `provisioning`); fractions ok.
-    #[arg(long, env = "SIM_PROVISION_SECONDS", default_value_t = 5.0, value_parser = parse_seconds)]
+    #[arg(long, env = "SIM_PROVISION_SECONDS", value_name = "SECONDS", default_value_t = 5.0, value_parser = parse_seconds)]
     pub provision_seconds: f64,
 
     /// Seconds a deleted device stays `deprovisioning` before it is gone (404).
-    #[arg(long, env = "SIM_DEPROVISION_SECONDS", default_value_t = 1.0, value_parser = parse_seconds)]
+    #[arg(long, env = "SIM_DEPROVISION_SECONDS", value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_seconds)]
     pub deprovision_seconds: f64,
 
     /// Seconds a power action spends in `powering_off` / `powering_on`.
-    #[arg(long, env = "SIM_POWER_SECONDS", default_value_t = 1.0, value_parser = parse_seconds)]
+    #[arg(long, env = "SIM_POWER_SECONDS", value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_seconds)]
     pub power_seconds: f64,
 
     /// Probability that a provisioning ends `failed` instead of `active`.
-    #[arg(long, env = "SIM_FAIL_RATE", default_value_t = 0.0, value_parser = parse_probability)]
+    #[arg(long, env = "SIM_FAIL_RATE", value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub fail_rate: f64,
 
     /// Probability that an API request is refused with 429 (with Retry-After and
     /// X-RateLimit-* headers) without being executed.
-    #[arg(long = "fault-rate-429", env = "SIM_FAULT_RATE_429", default_value_t = 0.0, value_parser = parse_probability)]
+    #[arg(long = "fault-rate-429", env = "SIM_FAULT_RATE_429", value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub fault_rate_429: f64,
 
     /// Probability that an API request fails with 500 or 503 without being executed.
-    #[arg(long = "fault-rate-5xx", env = "SIM_FAULT_RATE_5XX", default_value_t = 0.0, value_parser = parse_probability)]
+    #[arg(long = "fault-rate-5xx", env = "SIM_FAULT_RATE_5XX", value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub fault_rate_5xx: f64,
 
     /// Probability that an API request is executed (a create really creates) and then the
     /// connection is closed without any response: the lost-response case.
-    #[arg(long = "fault-rate-drop", env = "SIM_FAULT_RATE_DROP", default_value_t = 0.0, value_parser = parse_probability)]
+    #[arg(long = "fault-rate-drop", env = "SIM_FAULT_RATE_DROP", value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub fault_rate_drop: f64,
 
     /// The Retry-After value (seconds) sent with injected 429 and 503 responses.
-    #[arg(long, env = "SIM_RETRY_AFTER_SECONDS", default_value_t = 1)]
+    #[arg(
+        long,
+        env = "SIM_RETRY_AFTER_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 1
+    )]
     pub retry_after_seconds: u64,
 
     /// Milliseconds of latency added to every API request.
-    #[arg(long, env = "SIM_LATENCY_MS", default_value_t = 0)]
+    #[arg(long, env = "SIM_LATENCY_MS", value_name = "MS", default_value_t = 0)]
     pub latency_ms: u64,
 
     /// Requests per second allowed per token (token bucket, burst of the same size);
     /// beyond it, 429. Unlimited when unset.
-    #[arg(long, env = "SIM_RATE_LIMIT", value_parser = parse_positive)]
+    #[arg(long, env = "SIM_RATE_LIMIT", value_name = "PER_SECOND", value_parser = parse_positive)]
     pub rate_limit: Option<f64>,
 
     /// Largest page the server returns, whatever `per_page` asks for.
-    #[arg(long, env = "SIM_PER_PAGE_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "SIM_PER_PAGE_MAX", value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub per_page_max: u32,
 
     /// On-demand capacity `METRO:PLAN=N` (repeatable); combinations not listed are
     /// unlimited. Devices on a hardware reservation do not count.
-    #[arg(long = "capacity", env = "SIM_CAPACITY", value_delimiter = ' ')]
+    #[arg(
+        long = "capacity",
+        env = "SIM_CAPACITY",
+        value_name = "METRO:PLAN=N",
+        value_delimiter = ' '
+    )]
     pub capacity: Vec<CapacitySpec>,
 
     /// Hardware reservation `UUID=METRO:PLAN` (usable by every project) or
     /// `UUID=METRO:PLAN@PROJECT` (repeatable). Provisionable until a device uses it;
     /// free again once that device is gone.
-    #[arg(long = "reservation", env = "SIM_RESERVATION", value_delimiter = ' ')]
+    #[arg(
+        long = "reservation",
+        env = "SIM_RESERVATION",
+        value_name = "UUID=METRO:PLAN[@PROJECT]",
+        value_delimiter = ' '
+    )]
     pub reservations: Vec<ReservationSpec>,
 
     /// Seed for the fault and failure random numbers, for reproducible runs.
-    #[arg(long, env = "SIM_SEED")]
+    #[arg(long, env = "SIM_SEED", value_name = "N")]
     pub seed: Option<u64>,
 }
 

@@ -47,15 +47,6 @@ impl Access {
     }
 }
 
-/// How a device-scoped request treats a device of a project the token cannot access.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Foreign {
-    /// 403, as the real API answers for get/update/delete.
-    Forbidden,
-    /// 404, for operations whose spec declares no 403 (`performAction`).
-    NotFound,
-}
-
 /// Wall-clock rendering of monotonic instants (timestamps stay consistent with timers).
 #[derive(Debug, Clone, Copy)]
 struct Clock {
@@ -358,7 +349,7 @@ impl SimState {
     /// `findDeviceById`.
     pub fn get(&self, token: Option<&str>, id: &str, now: Instant) -> Result<Device, ApiError> {
         let inner = self.lock(now);
-        let id = inner.authorize_device(token, id, Foreign::Forbidden)?;
+        let id = inner.authorize_device(token, id)?;
         Ok(inner.devices[&id].render(now))
     }
 
@@ -371,7 +362,7 @@ impl SimState {
         now: Instant,
     ) -> Result<Device, ApiError> {
         let mut inner = self.lock(now);
-        let id = inner.authorize_device(token, id, Foreign::Forbidden)?;
+        let id = inner.authorize_device(token, id)?;
         let value = parse_object(body)?;
         let base: DeviceUpdateInput = typed(value.clone())?;
         let extras: UpdateExtras = typed(value)?;
@@ -433,7 +424,7 @@ impl SimState {
     /// `deleteDevice`: 422 while locked; otherwise deprovisioning (idempotent).
     pub fn delete(&self, token: Option<&str>, id: &str, now: Instant) -> Result<(), ApiError> {
         let mut inner = self.lock(now);
-        let id = inner.authorize_device(token, id, Foreign::Forbidden)?;
+        let id = inner.authorize_device(token, id)?;
         let stamp = inner.clock.rfc3339(now);
         let Inner {
             devices,
@@ -464,7 +455,7 @@ impl SimState {
         now: Instant,
     ) -> Result<(), ApiError> {
         let mut inner = self.lock(now);
-        let id = inner.authorize_device(token, id, Foreign::NotFound)?;
+        let id = inner.authorize_device(token, id)?;
         let value = parse_object(body)?;
         let kind = match value.get("type") {
             None | Some(Value::Null) => return Err(ApiError::unprocessable("type is required")),
@@ -613,20 +604,14 @@ impl Inner {
         Ok(id)
     }
 
-    fn authorize_device(
-        &self,
-        token: Option<&str>,
-        device: &str,
-        foreign: Foreign,
-    ) -> Result<Uuid, ApiError> {
+    fn authorize_device(&self, token: Option<&str>, device: &str) -> Result<Uuid, ApiError> {
         let access = self.access(token)?;
         let id = Uuid::parse_str(device).map_err(|_| ApiError::not_found())?;
         let rec = self.devices.get(&id).ok_or_else(ApiError::not_found)?;
         if !access.allows(&rec.project) {
-            return Err(match foreign {
-                Foreign::Forbidden => ApiError::forbidden(),
-                Foreign::NotFound => ApiError::not_found(),
-            });
+            // Also for `performAction`, whose spec declares no 403: the real API answers
+            // 403 for another project's device everywhere.
+            return Err(ApiError::forbidden());
         }
         Ok(id)
     }

@@ -551,8 +551,8 @@ async fn auth_401_403_404() {
         .await;
     assert_eq!(
         r.status,
-        StatusCode::NOT_FOUND,
-        "performAction declares no 403"
+        StatusCode::FORBIDDEN,
+        "403 as the real API, though performAction declares none"
     );
     assert_eq!(mine.get(Uuid::new_v4()).await.status, StatusCode::NOT_FOUND);
     let r = mine.call(Method::GET, "/devices/not-a-uuid", None).await;
@@ -1030,4 +1030,45 @@ async fn seeded_faults_are_reproducible() {
     let a = pattern().await;
     assert_eq!(a, pattern().await);
     assert!(a.contains(&404) && a.iter().any(|s| *s >= 500));
+}
+
+#[tokio::test]
+async fn scripted_faults_fire_in_order_for_one_operation_only() {
+    let sim = spawn(SimArgs::for_tests()).await.unwrap();
+    let api = Api::new(&sim);
+    sim.inject("createDevice", Fault::ServerError, 1);
+    sim.inject("createDevice", Fault::TooManyRequests, 1);
+    sim.inject("createDevice", Fault::Drop, 1);
+    assert_eq!(
+        api.list("").await.devices.len(),
+        0,
+        "other operations are untouched"
+    );
+    let r = api.create(body("s")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert_eq!(
+        api.create(body("s")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert!(sim.devices().is_empty(), "429 and 5xx commit nothing");
+    let path = format!("/projects/{}/devices", project());
+    assert!(
+        api.try_call(Method::POST, &path, Some(body("s")))
+            .await
+            .is_err()
+    );
+    assert_eq!(sim.devices().len(), 1, "the dropped create was committed");
+    assert_eq!(
+        api.create(body("s2")).await.status,
+        StatusCode::CREATED,
+        "script used up"
+    );
+    let s = sim.stats();
+    assert_eq!(
+        (s.faults["503"], s.faults["429"], s.faults["drop"]),
+        (1, 1, 1)
+    );
+    assert_eq!(s.requests["createDevice"], 4);
+    sim.shutdown().await;
 }
