@@ -52,3 +52,20 @@ fmt: ## format the code
 .PHONY: soak
 soak: ## fault-injection soak of the driver (SOAK_SECONDS, default 600; bounded; see hack/soak.sh)
 	hack/soak.sh $(SOAK_SECONDS)
+
+# --- benchmarks (BENCHMARKS.md) -----------------------------------------------------------
+BENCH_OUT ?= target/bench
+
+.PHONY: bench
+bench: ## full benchmarks on release builds (minutes): criterion + end-to-end figures → target/bench/
+	mkdir -p $(BENCH_OUT)
+	$(CARGO) build --release --locked --bin metal-driver --bin metal-driver-bench
+	set -o pipefail; $(CARGO) bench --locked --bench pure 2>&1 | tee $(BENCH_OUT)/criterion.txt
+	GHZ="$$(benches/ghz.sh)" target/release/metal-driver-bench --out $(BENCH_OUT)/e2e.md --logs $(BENCH_OUT)/logs
+
+.PHONY: bench-smoke
+bench-smoke: ## benchmarks in seconds on debug builds: keeps them compiling and running (not a measurement)
+	mkdir -p $(BENCH_OUT)
+	$(CARGO) test --locked --bench pure
+	$(CARGO) build --locked --bin metal-driver --bin metal-driver-bench
+	target/debug/metal-driver-bench --quick --out $(BENCH_OUT)/smoke.md --logs $(BENCH_OUT)/logs > /dev/null

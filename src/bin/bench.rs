@@ -674,8 +674,8 @@ fn latency(ctx: &Ctx, report: &mut Report) {
         };
         for concurrency in [1usize, 64] {
             let n = match (ctx.quick, concurrency) {
-                (true, 1) => 200,
-                (true, _) => 1_280,
+                (true, 1) => 100,
+                (true, _) => 640,
                 (false, 1) => 3_000,
                 (false, _) => 19_200,
             };
@@ -1151,7 +1151,7 @@ fn api_calls(ctx: &Ctx, report: &mut Report) {
 
 fn list_scale(ctx: &Ctx, report: &mut Report) {
     report.section("4. ListMachines at scale: wall time and driver peak RSS");
-    let total = ctx.pick(2_000, 10_000);
+    let total = ctx.pick(1_000, 10_000);
     let mut rows = Vec::new();
     for ours in [total / 5, total] {
         let sim = Sim::start(SimArgs::for_tests());
