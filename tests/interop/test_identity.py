@@ -94,12 +94,11 @@ def test_reflection_serves_a_descriptor_wire_compatible_with_reference(main_stac
     custom options included: a client built from reflection (grpcurl, dynamic clients) must
     still see which fields are `(cmi_secret)`.
 
-    Known Rust-side failure (2026-11-23): the served FileDescriptorProto has `options {}` on
-    every `Secrets` field. build.rs writes `compiler.file_descriptor_set().encode_to_vec()`,
-    a prost-types round trip that drops extension fields; tonic-reflection 0.14.9 serves
-    the registered bytes verbatim, so encoding the set losslessly in build.rs (e.g. protox's
-    `Compiler::encode_file_descriptor_set()` or prost-reflect's `DescriptorPool::encode_to_vec()`)
-    fixes it."""
+    Regression guard: build.rs must write the descriptor set losslessly
+    (`compiler.encode_file_descriptor_set()`); a prost-types round trip
+    (`file_descriptor_set().encode_to_vec()`) drops extension options, and reflection then
+    serves `options {}` on every `Secrets` field (seen and fixed on 2026-11-23).
+    tonic-reflection 0.14.9 serves the registered bytes verbatim."""
     served = descriptor_pb2.FileDescriptorSet()
     seen: set[str] = set()
     pending = ["cmi.v1.Machine", "cmi.v1.Identity"]
