@@ -48,6 +48,8 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::InvalidArgument`]: the one constructor, so every caller-side mistake names
+    /// the field a user has to fix.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument {
             field: field.into(),

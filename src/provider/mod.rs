@@ -40,7 +40,11 @@ pub struct MachineRequest {
 /// The inputs of ListMachines. Not `Debug` for the same reason as [`MachineRequest`].
 #[derive(Clone, Default)]
 pub struct ListRequest {
+    /// `ProviderSpec`: the MachineClass providerSpec as JSON bytes (its cluster and role
+    /// tags select the devices).
     pub provider_spec: Vec<u8>,
+    /// `Secrets`: merged Secret data; only the token (and optionally projectID) is used.
     pub secrets: HashMap<String, Vec<u8>>,
+    /// When the caller stops waiting.
     pub deadline: Option<Instant>,
 }

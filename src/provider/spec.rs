@@ -568,7 +568,8 @@ fn check_tags(tags: &[String]) -> Result<(String, Vec<String>), Error> {
         if tag.chars().any(char::is_control) {
             return Err(Error::invalid(f, "must not contain control characters"));
         }
-        if tag.starts_with(IDENTITY_TAG_PREFIX.trim_end_matches(':')) {
+        if tag.starts_with(IDENTITY_TAG_PREFIX) || tag == IDENTITY_TAG_PREFIX.trim_end_matches(':')
+        {
             return Err(Error::invalid(
                 f,
                 format!(
@@ -923,6 +924,15 @@ mod tests {
                     "kubernetes.io/cluster/x",
                     "kubernetes.io/role/node",
                     "machine.sapcloud.io/name:m"
+                ]),
+                "providerSpec.tags[2]",
+                "reserved",
+            ),
+            (
+                json!([
+                    "kubernetes.io/cluster/x",
+                    "kubernetes.io/role/node",
+                    "machine.sapcloud.io/name"
                 ]),
                 "providerSpec.tags[2]",
                 "reserved",
