@@ -6,7 +6,6 @@
 
 use std::{env, path::PathBuf};
 
-use prost::Message;
 use prost_reflect::Value;
 
 const PROTO: &str = "proto/cmi/v1/cmi.proto";
@@ -35,7 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(out.join("cmi_descriptor.bin"), fds.encode_to_vec())?;
+    // Encoded by protox itself: prost_types' FieldOptions would drop the cmi_secret
+    // extension, and reflection clients must see it.
+    std::fs::write(out.join("cmi_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     std::fs::write(out.join("cmi_secret_messages.txt"), secret_bearing.join("\n"))?;
 
     tonic_prost_build::configure()
