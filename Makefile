@@ -69,3 +69,27 @@ bench-smoke: ## benchmarks in seconds on debug builds: keeps them compiling and 
 	$(CARGO) test --locked --bench pure
 	$(CARGO) build --locked --bin metal-driver --bin metal-driver-bench
 	target/debug/metal-driver-bench --quick --out $(BENCH_OUT)/smoke.md --logs $(BENCH_OUT)/logs > /dev/null
+
+# --- container image and deployment manifests ---------------------------------------------
+VERSION ?= $(shell awk -F'"' '/^version *=/ { print $$2; exit }' Cargo.toml)
+IMAGE ?= metal-driver:$(VERSION)
+
+.PHONY: image
+image: ## docker build the runtime image (needs a Docker/BuildKit engine): IMAGE=metal-driver:<version>
+	docker build -t $(IMAGE) \
+	  --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+	  --build-arg SOURCE=$$(git remote get-url origin 2>/dev/null) \
+	  --build-arg SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) .
+
+.PHONY: image-rootfs
+image-rootfs: ## the image without Docker: static musl binary + filesystem in target/image-rootfs/ (+ .tar layer)
+	hack/image-rootfs.sh
+
+.PHONY: image-test
+image-test: ## start the binary from target/image-rootfs (read-only, uid 65532, empty env) and call Probe
+	hack/image-test.sh
+
+.PHONY: manifests
+manifests: ## apply every kubernetes/ manifest with server-side dry-run to a real kube-apiserver
+	hack/manifests-check.sh
