@@ -1,12 +1,18 @@
 //! The `serve` role: bind `CMI_ENDPOINT`, serve `cmi.v1.Identity` + `cmi.v1.Machine`, gRPC
 //! health and reflection, and the HTTP side port; drain gracefully on shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use super::{
     FILE_DESCRIPTOR_SET,
@@ -37,7 +43,11 @@ pub struct ServeArgs {
     pub endpoint: String,
 
     /// Base URL of the Equinix Metal API (or of `metal-driver sim`, or a Prism proxy).
-    #[arg(long, env = "METAL_API_URL", default_value = "https://api.equinix.com/metal/v1")]
+    #[arg(
+        long,
+        env = "METAL_API_URL",
+        default_value = "https://api.equinix.com/metal/v1"
+    )]
     pub metal_api_url: String,
 
     /// Side HTTP port for /healthz, /readyz and /metrics.
@@ -75,6 +85,19 @@ pub struct ServeArgs {
     /// Client-side limit on Metal API requests per second across all calls (0 = off).
     #[arg(long, env = "METAL_API_RATE_LIMIT", default_value_t = 0.0)]
     pub api_rate_limit: f64,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "METAL_DRIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "METAL_DRIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA bundle (PEM): mutual TLS. Needs
+    /// --tls-cert; clients without a valid certificate are refused during the handshake.
+    #[arg(long, env = "METAL_DRIVER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +116,73 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// TLS for the gRPC port: the server's certificate chain and key, and optionally the CA
+/// that client certificates must chain to (mutual TLS). PEM contents, read at start-up.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// `Some`: every client must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_pem", &format_args!("<{} bytes>", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl ServerTls {
+    /// Reads the PEM files named by the flags; errors name the flag and the file.
+    pub fn from_files(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<Self, ServeError> {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| ServeError::Tls(format!("{flag} {}: {e}", path.display())))
+        };
+        Ok(Self {
+            cert_pem: read("--tls-cert", cert)?,
+            key_pem: read("--tls-key", key)?,
+            client_ca_pem: client_ca.map(|p| read("--tls-client-ca", p)).transpose()?,
+        })
+    }
+
+    /// From the `serve` flags: `None` when no TLS flag is given.
+    pub fn from_args(args: &ServeArgs) -> Result<Option<Self>, ServeError> {
+        match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                Self::from_files(cert, key, args.tls_client_ca.as_deref()).map(Some)
+            }
+            (None, None) if args.tls_client_ca.is_none() => Ok(None),
+            _ => Err(ServeError::Tls(
+                "--tls-cert, --tls-key (and --tls-client-ca) go together".into(),
+            )),
+        }
+    }
+
+    fn tonic_config(&self) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            // A client that opens a connection and never finishes the handshake is cut off.
+            .timeout(Duration::from_secs(10));
+        match &self.client_ca_pem {
+            Some(ca) => config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(false),
+            None => config,
+        }
+    }
 }
 
 /// Server settings that do not concern the Metal API.
@@ -104,6 +194,8 @@ pub struct ServerConfig {
     pub rpc_timeout: Duration,
     pub max_in_flight: usize,
     pub max_message_bytes: usize,
+    /// `None`: plaintext gRPC (fine on a unix socket or a Pod-local port).
+    pub tls: Option<ServerTls>,
 }
 
 impl ServerConfig {
@@ -116,6 +208,7 @@ impl ServerConfig {
             rpc_timeout: Duration::from_secs(300),
             max_in_flight: 256,
             max_message_bytes: 4 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -150,7 +243,8 @@ pub fn metal_client(args: &ServeArgs, metrics: &Metrics) -> Result<MetalClient, 
         rate_limit: (args.api_rate_limit > 0.0).then_some(args.api_rate_limit),
         ..ClientConfig::default()
     };
-    MetalClient::new(config, Some(metrics.metal.clone())).map_err(|e| ServeError::Client(e.to_string()))
+    MetalClient::new(config, Some(metrics.metal.clone()))
+        .map_err(|e| ServeError::Client(e.to_string()))
 }
 
 /// `metal-driver serve`: runs until `shutdown`, then drains.
@@ -165,10 +259,16 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
         rpc_timeout: args.rpc_timeout,
         max_in_flight: args.max_in_flight,
         max_message_bytes: args.max_message_bytes,
+        tls: ServerTls::from_args(&args)?,
+    };
+    let tls = match &config.tls {
+        None => "off",
+        Some(t) if t.client_ca_pem.is_some() => "mutual",
+        Some(_) => "on",
     };
     let running = start(config, provider, metrics, shutdown).await?;
     println!("listening on {}", running.endpoint);
-    tracing::info!(endpoint = %running.endpoint, http = %running.http_addr, metal_api = %args.metal_api_url, "metal-driver serving");
+    tracing::info!(endpoint = %running.endpoint, http = %running.http_addr, metal_api = %args.metal_api_url, tls, "metal-driver serving");
     running.wait().await
 }
 
@@ -184,13 +284,22 @@ pub async fn start<A: DeviceApi>(
     let readiness = Readiness::default();
     let admin = admin::bind(config.http_addr, metrics.clone(), readiness.clone())
         .await
-        .map_err(|source| ServeError::Admin { addr: config.http_addr, source })?;
+        .map_err(|source| ServeError::Admin {
+            addr: config.http_addr,
+            source,
+        })?;
     let http_addr = admin.local_addr();
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<IdentityServer<IdentityService>>().await;
-    health.set_serving::<MachineServer<MachineService<A>>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_serving::<IdentityServer<IdentityService>>()
+        .await;
+    health
+        .set_serving::<MachineServer<MachineService<A>>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -207,7 +316,13 @@ pub async fn start<A: DeviceApi>(
     let machine = MachineServer::new(MachineService::new(provider, metrics.clone()))
         .max_decoding_message_size(config.max_message_bytes);
 
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.tonic_config())
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let router = builder
         .timeout(config.rpc_timeout)
         .layer(ShedLayer::new(config.max_in_flight))
         .add_service(health_service)
@@ -226,15 +341,27 @@ pub async fn start<A: DeviceApi>(
             async move {
                 drain.cancelled().await;
                 readiness.set(false);
-                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-                health.set_not_serving::<MachineServer<MachineService<A>>>().await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_not_serving::<MachineServer<MachineService<A>>>()
+                    .await;
                 tracing::info!(grace = ?grace, "draining: no new calls, waiting for in-flight ones");
             }
         };
         let serve = async move {
             match listener {
-                Listener::Tcp(l, _) => router.serve_with_incoming_shutdown(TcpListenerStream::new(l), stop).await,
-                Listener::Unix(l, _) => router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop).await,
+                Listener::Tcp(l, _) => {
+                    router
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
+                        .await
+                }
+                Listener::Unix(l, _) => {
+                    router
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)
+                        .await
+                }
             }
         };
         tokio::pin!(serve);
@@ -251,5 +378,10 @@ pub async fn start<A: DeviceApi>(
         }
         result
     });
-    Ok(Running { endpoint, http_addr, metrics, task })
+    Ok(Running {
+        endpoint,
+        http_addr,
+        metrics,
+        task,
+    })
 }

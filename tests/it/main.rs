@@ -10,3 +10,4 @@ mod redaction;
 mod retries;
 mod rpc;
 mod shutdown;
+mod tls;

@@ -1,0 +1,322 @@
+//! Transport security: TLS on the gRPC port and mutual TLS, with certificates made at test
+//! time. A TLS client works (TCP and unix socket), a plaintext client is refused, and under
+//! mutual TLS a client without a certificate, or with one from another CA, is refused.
+
+use std::{sync::Arc, time::Duration};
+
+use metal_driver::{
+    cmi::{
+        client::{ClientTls, ClientTlsArgs, CmiClient},
+        endpoint::Endpoint,
+        server::{Running, ServeError, ServerConfig, ServerTls, start},
+        v1::{GetPluginInfoRequest, ProbeRequest},
+    },
+    metal::client::{ClientConfig, MetalClient},
+    provider::{Provider, ProviderConfig},
+    sim::{self, SimArgs, SimHandle},
+    telemetry::Metrics,
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{secrets, spec};
+
+/// A CA and the PEM of certificates it signs.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> Vec<u8> {
+        self.issuer.pem().into_bytes()
+    }
+
+    /// (certificate PEM, key PEM) for `names` (DNS names or IP addresses).
+    fn leaf(&self, names: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+    }
+}
+
+struct Tls {
+    sim: SimHandle,
+    server: Running,
+    stop: CancellationToken,
+}
+
+impl Tls {
+    async fn start(endpoint: Endpoint, tls: ServerTls) -> Result<Self, ServeError> {
+        let sim = sim::spawn(SimArgs::for_tests()).await.unwrap();
+        let config = ClientConfig {
+            base_url: sim.base_url(),
+            ..ClientConfig::default()
+        };
+        let provider = Arc::new(Provider::new(
+            MetalClient::new(config, None).unwrap(),
+            ProviderConfig::default(),
+        ));
+        let stop = CancellationToken::new();
+        let server = start(
+            ServerConfig {
+                endpoint,
+                tls: Some(tls),
+                ..ServerConfig::loopback()
+            },
+            provider,
+            Metrics::new(),
+            stop.clone(),
+        )
+        .await?;
+        Ok(Self { sim, server, stop })
+    }
+
+    fn endpoint(&self) -> String {
+        self.server.endpoint.to_string()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.server.wait().await;
+        self.sim.shutdown().await;
+    }
+}
+
+fn client_tls(ca: &Ca, identity: Option<(Vec<u8>, Vec<u8>)>) -> ClientTls {
+    ClientTls {
+        ca_pem: ca.pem(),
+        identity,
+        server_name: None,
+    }
+}
+
+/// Whether an Identity call over `client` succeeds (connect errors count as refusals).
+async fn probe(endpoint: &str, tls: Option<&ClientTls>) -> Result<(), String> {
+    let cmi = CmiClient::connect_tls(endpoint, Duration::from_secs(5), tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        cmi.identity
+            .clone()
+            .get_plugin_info(cmi.request(GetPluginInfoRequest {})),
+    )
+    .await
+    .map_err(|_| "no answer within 10 s (hang)".to_owned())?;
+    answer
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+#[tokio::test]
+async fn tls_serves_tls_clients_and_refuses_plaintext() {
+    let ca = Ca::new("metal-driver test CA");
+    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
+    let env = Tls::start(
+        ServerConfig::loopback().endpoint,
+        ServerTls {
+            cert_pem: cert,
+            key_pem: key,
+            client_ca_pem: None,
+        },
+    )
+    .await
+    .expect("TLS server starts");
+    let tls = client_tls(&ca, None);
+
+    let cmi = CmiClient::connect_tls(&env.endpoint(), Duration::from_secs(30), Some(&tls))
+        .await
+        .expect("TLS connect");
+    let probe_ok = cmi
+        .identity
+        .clone()
+        .probe(cmi.request(ProbeRequest {}))
+        .await
+        .expect("Probe over TLS");
+    assert_eq!(probe_ok.into_inner().ready, Some(true));
+    // A real machine call over TLS.
+    let created = cmi
+        .machine
+        .clone()
+        .create_machine(cmi.request(metal_driver::cmi::v1::CreateMachineRequest {
+            machine_name: "it-tls".into(),
+            provider_spec: spec().to_string().into_bytes(),
+            secrets: secrets(),
+            last_known_state: Vec::new(),
+        }))
+        .await
+        .expect("CreateMachine over TLS");
+    assert!(
+        created
+            .into_inner()
+            .provider_id
+            .starts_with("equinixmetal://")
+    );
+
+    let plain = probe(&env.endpoint(), None).await;
+    assert!(
+        plain.is_err(),
+        "a plaintext client must be refused by a TLS server"
+    );
+
+    let other = Ca::new("someone else's CA");
+    let wrong_ca = probe(&env.endpoint(), Some(&client_tls(&other, None))).await;
+    assert!(
+        wrong_ca.is_err(),
+        "a client must not accept a certificate from a CA it does not trust"
+    );
+
+    let wrong_name = probe(
+        &env.endpoint(),
+        Some(&ClientTls {
+            server_name: Some("driver.example".into()),
+            ..tls.clone()
+        }),
+    )
+    .await;
+    assert!(wrong_name.is_err(), "the server name is verified");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let (cert, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
+    let env = Tls::start(
+        ServerConfig::loopback().endpoint,
+        ServerTls {
+            cert_pem: cert,
+            key_pem: key,
+            client_ca_pem: Some(client_ca.pem()),
+        },
+    )
+    .await
+    .expect("mTLS server starts");
+
+    let good = client_tls(&server_ca, Some(client_ca.leaf(&["metal-controller"])));
+    probe(&env.endpoint(), Some(&good))
+        .await
+        .expect("a client with a certificate from the client CA is served");
+
+    let anonymous = probe(&env.endpoint(), Some(&client_tls(&server_ca, None))).await;
+    assert!(
+        anonymous.is_err(),
+        "mTLS: a client without a certificate must be refused"
+    );
+
+    let rogue = Ca::new("rogue CA");
+    let forged = probe(
+        &env.endpoint(),
+        Some(&client_tls(
+            &server_ca,
+            Some(rogue.leaf(&["metal-controller"])),
+        )),
+    )
+    .await;
+    assert!(
+        forged.is_err(),
+        "mTLS: a certificate from an untrusted CA must be refused"
+    );
+
+    assert!(
+        probe(&env.endpoint(), None).await.is_err(),
+        "plaintext refused under mTLS"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn tls_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("uds CA");
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let env = Tls::start(
+        Endpoint::Unix(dir.path().join("cmi.sock")),
+        ServerTls {
+            cert_pem: cert,
+            key_pem: key,
+            client_ca_pem: None,
+        },
+    )
+    .await
+    .expect("TLS on a unix socket starts");
+    probe(&env.endpoint(), Some(&client_tls(&ca, None)))
+        .await
+        .expect("TLS over the unix socket");
+    assert!(
+        probe(&env.endpoint(), None).await.is_err(),
+        "plaintext refused on the TLS unix socket"
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tls_material_is_a_clear_startup_error() {
+    let ca = Ca::new("CA");
+    let (cert, _) = ca.leaf(&["localhost"]);
+    let err = Tls::start(
+        ServerConfig::loopback().endpoint,
+        ServerTls {
+            cert_pem: cert,
+            key_pem: b"-----BEGIN PRIVATE KEY-----\nnot a key\n".to_vec(),
+            client_ca_pem: None,
+        },
+    )
+    .await
+    .err()
+    .expect("a broken key must stop the start-up");
+    assert!(matches!(err, ServeError::Tls(_)), "{err}");
+    assert!(
+        !err.to_string().contains("not a key"),
+        "key material is not echoed: {err}"
+    );
+
+    // The client flags: files are read, and half a client identity is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let loaded = ClientTlsArgs {
+        tls_ca: Some(ca_path.clone()),
+        ..ClientTlsArgs::default()
+    }
+    .load()
+    .unwrap()
+    .unwrap();
+    assert_eq!(loaded.ca_pem, ca.pem());
+    assert!(
+        ClientTlsArgs::default().load().unwrap().is_none(),
+        "no flags, no TLS"
+    );
+    let half = ClientTlsArgs {
+        tls_ca: Some(ca_path),
+        tls_cert: Some(dir.path().join("c.pem")),
+        ..ClientTlsArgs::default()
+    };
+    assert!(half.load().is_err());
+    let missing = ClientTlsArgs {
+        tls_ca: Some(dir.path().join("nope.pem")),
+        ..ClientTlsArgs::default()
+    };
+    assert!(
+        missing.load().unwrap_err().to_string().contains("--tls-ca"),
+        "the error names the flag"
+    );
+    let secret = format!("{:?}", client_tls(&ca, Some(ca.leaf(&["x"]))));
+    assert!(
+        !secret.contains("PRIVATE KEY"),
+        "Debug hides the client key: {secret}"
+    );
+}
