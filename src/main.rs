@@ -9,9 +9,13 @@ use metal_driver::{cmi, controller, demo, machine_cli, shutdown, sim, telemetry}
 /// Equinix Metal provider for Gardener's machine-controller-manager, speaking the Common
 /// Machine Interface (cmi.v1).
 ///
-/// Roles: `serve` is the CMI driver (gRPC); `sim` is a Metal API simulator; `demo` walks a
-/// machine through create → status → list → shutdown → delete on an embedded simulator;
-/// `machine` is a CLI client of a running driver.
+/// Roles: `serve` is the CMI driver (gRPC); `controller` is the machine controller that runs
+/// beside MCM and calls the driver; `sim` is a Metal API simulator; `demo` walks a machine
+/// through create → status → list → shutdown → delete on an embedded simulator; `machine` is
+/// a CLI client of a running driver.
+///
+/// A flag whose help shows `[env: NAME=]` can also be set through that environment variable
+/// (the long-running roles take their whole configuration that way); the command line wins.
 #[derive(Parser, Debug)]
 #[command(name = "metal-driver", version, about, long_about)]
 struct Cli {
@@ -41,7 +45,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("metal-driver: cannot start the async runtime: {error}");
