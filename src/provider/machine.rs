@@ -326,12 +326,26 @@ impl<A: DeviceApi> Provider<A> {
         };
         for device in &targets {
             let Some(id) = device.id else { continue };
-            if matches!(
-                device.state,
-                Some(DeviceState::Inactive | DeviceState::PoweringOff)
-            ) || is_going_away(device)
-            {
-                continue;
+            match device.state {
+                // Already off, going away, or never came up: nothing is running.
+                Some(DeviceState::Inactive | DeviceState::PoweringOff | DeviceState::Failed) => {
+                    continue;
+                }
+                _ if is_going_away(device) => continue,
+                // The API refuses power actions until provisioning ends; say so plainly
+                // instead of passing its 422 on as if the request were malformed.
+                Some(
+                    state @ (DeviceState::Queued
+                    | DeviceState::Provisioning
+                    | DeviceState::Reinstalling
+                    | DeviceState::PoweringOn),
+                ) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "device {id} is {}; it can be powered off once it is active",
+                        state.as_str()
+                    )));
+                }
+                _ => {}
             }
             let action = DeviceActionInput {
                 type_: DeviceActionType::PowerOff,
@@ -340,6 +354,12 @@ impl<A: DeviceApi> Provider<A> {
             match self.api.perform_action(&ctx.call, id, &action).await {
                 Ok(()) => tracing::info!(machine, device = %id, "powering off"),
                 Err(e) if is_gone(&e) => {}
+                Err(e) if e.status() == Some(422) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "device {id} cannot be powered off now: {}",
+                        ctx.api_err(e)
+                    )));
+                }
                 Err(e) => return Err(ctx.api_err(e)),
             }
         }

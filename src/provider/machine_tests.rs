@@ -979,6 +979,34 @@ async fn shutdown_powers_off_once() {
 }
 
 #[tokio::test]
+async fn shutdown_while_provisioning_is_failed_precondition_and_failed_is_ok() {
+    let p = provider();
+    let id = p
+        .api()
+        .insert(project(), our_device(MACHINE, DeviceState::Provisioning));
+    let err = p.shutdown_machine(req_id(pid(id))).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::FailedPrecondition(m) if m.contains("provisioning")),
+        "{err:?}"
+    );
+    assert_eq!(
+        p.api().calls(fake::ACTION),
+        0,
+        "no action the API would refuse"
+    );
+
+    let failed = p
+        .api()
+        .insert(project(), our_device("other-machine", DeviceState::Failed));
+    let mut r = req_id(pid(failed));
+    r.machine_name = "other-machine".into();
+    p.shutdown_machine(r)
+        .await
+        .expect("nothing runs on a failed device");
+    assert_eq!(p.api().calls(fake::ACTION), 0);
+}
+
+#[tokio::test]
 async fn shutdown_of_missing_machine_is_ok() {
     let p = provider();
     p.shutdown_machine(req()).await.unwrap();
