@@ -150,6 +150,7 @@ impl SimArgs {
 /// One `--token`: the secret and, when scoped, the projects it may use.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TokenSpec {
+    /// The token value (redacted in `Debug`).
     pub token: Secret<String>,
     /// `None`: every project.
     pub projects: Option<Vec<Uuid>>,

@@ -19,11 +19,14 @@ pub const MSG_LOCKED: &str = "Cannot delete a locked device";
 /// An error response of the simulated API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The `errors` array.
     pub messages: Vec<String>,
 }
 
 impl ApiError {
+    /// One message with any status (faults use it for 429/500/503).
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -31,18 +34,22 @@ impl ApiError {
         }
     }
 
+    /// 401: missing or unknown `X-Auth-Token`.
     pub fn unauthenticated() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, MSG_UNAUTHENTICATED)
     }
 
+    /// 403: the token has no access to the project (or the device's project).
     pub fn forbidden() -> Self {
         Self::new(StatusCode::FORBIDDEN, MSG_FORBIDDEN)
     }
 
+    /// 404: unknown project or device, or an id that is not a UUID.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, MSG_NOT_FOUND)
     }
 
+    /// 422: validation, placement or state problems.
     pub fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
     }

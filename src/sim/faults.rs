@@ -112,6 +112,7 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// Fault state for one simulator; `seed` makes the random faults reproducible.
     pub fn new(cfg: FaultConfig, seed: Option<u64>) -> Self {
         let rng = seed.map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
         Self {
@@ -142,6 +143,7 @@ impl Faults {
         scheduled.map_or_else(|| self.draw(), Fault::draw)
     }
 
+    /// The configured rates, latency and limits.
     pub fn config(&self) -> &FaultConfig {
         &self.cfg
     }

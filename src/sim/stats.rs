@@ -42,14 +42,17 @@ struct Counters {
 }
 
 impl Recorder {
+    /// Counts one API request of `operation` (an operationId).
     pub fn request(&self, operation: &str) {
         bump(&mut self.lock().requests, operation);
     }
 
+    /// Counts one response by status code.
     pub fn response(&self, status: u16) {
         bump(&mut self.lock().responses, &status.to_string());
     }
 
+    /// Counts one injected fault of `kind`.
     pub fn fault(&self, kind: &str) {
         bump(&mut self.lock().faults, kind);
     }
