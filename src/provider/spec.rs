@@ -345,16 +345,22 @@ fn validate(raw: RawSpec) -> Result<ProviderSpec, Error> {
     };
 
     let metro = non_empty(raw.metro);
+    // Gardener emits both `metro` (the region) and `facilities` (the worker pool's zones,
+    // which lie in that metro). The API takes exactly one; the facility list is the more
+    // specific placement the user asked for, so it wins and the metro is only checked.
     let location = match (metro, raw.facilities.filter(|f| !f.is_empty())) {
-        (Some(m), _) => {
-            check_slug(&field("metro"), &m)?;
-            Location::Metro(m)
-        }
-        (None, Some(fs)) => {
+        (metro, Some(fs)) => {
+            if let Some(m) = &metro {
+                check_slug(&field("metro"), m)?;
+            }
             for (i, f) in fs.iter().enumerate() {
                 check_slug(&field(format_args!("facilities[{i}]")), f)?;
             }
             Location::Facilities(fs)
+        }
+        (Some(m), None) => {
+            check_slug(&field("metro"), &m)?;
+            Location::Metro(m)
         }
         (None, None) => return Err(Error::invalid(field("metro"), "required (or facilities)")),
     };
@@ -790,8 +796,8 @@ mod tests {
         let s = decode(&v).unwrap();
         assert_eq!(
             s.location,
-            Location::Metro("sv".into()),
-            "metro wins over facilities"
+            Location::Facilities(vec!["sv15".into()]),
+            "Gardener's zones (facilities) are honoured, not dropped for the metro"
         );
         assert_eq!(s.machine_type, "c3.small.x86");
         assert_eq!(s.billing_cycle, Some(BillingCycle::Hourly));
