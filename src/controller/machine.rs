@@ -87,8 +87,14 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Machine>>, ctx: Arc<Context>)
             Event::Cleanup(m) => cleanup(&m, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // A stale event for a Machine whose finalizer we already removed: it is gone.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(e)) if is_not_found(&e) => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     ctx.metrics
         .controller
         .reconciled("machine", started.elapsed());

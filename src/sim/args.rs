@@ -120,6 +120,12 @@ pub struct SimArgs {
     /// Seed for the fault and failure random numbers, for reproducible runs.
     #[arg(long, env = "SIM_SEED", value_name = "N")]
     pub seed: Option<u64>,
+
+    /// Node-join stand-in: with a kubeconfig path, a Ready `Node` named after the hostname
+    /// (with `spec.providerID: equinixmetal://<uuid>`) is created in that cluster when a
+    /// device becomes active, and deleted when the device goes (see `sim::nodes`).
+    #[arg(long, env = "SIM_REGISTER_NODES_KUBECONFIG")]
+    pub register_nodes_kubeconfig: Option<String>,
 }
 
 impl SimArgs {
@@ -143,6 +149,7 @@ impl SimArgs {
             capacity: Vec::new(),
             reservations: Vec::new(),
             seed: Some(0),
+            register_nodes_kubeconfig: None,
         }
     }
 }

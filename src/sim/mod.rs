@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod error;
 pub mod faults;
 pub mod lifecycle;
+pub mod nodes;
 pub mod paging;
 pub mod routes;
 pub mod server;
@@ -88,7 +89,21 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> std::io::Result<
     }
     log_config(&args, addr);
     let app = build(&args);
+    let registrar = match &args.register_nodes_kubeconfig {
+        Some(path) => {
+            let client = nodes::client_from(path).await.map_err(std::io::Error::other)?;
+            let state = app.sim.clone();
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                nodes::run(client, move || state.all_devices(Instant::now()), stop).await;
+            }))
+        }
+        None => None,
+    };
     server::serve(listener, routes::router(app), shutdown).await;
+    if let Some(task) = registrar {
+        let _ = task.await;
+    }
     tracing::info!("Metal API simulator stopped");
     Ok(())
 }

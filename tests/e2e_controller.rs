@@ -1,0 +1,994 @@
+//! End-to-end tests of `metal-driver controller` against a real kube-apiserver + etcd (and MCM's
+//! own `machine-controller-manager` binary where named), with `metal-driver sim` and
+//! `metal-driver serve` as subprocesses on loopback. Issue 4, item 4 a–e.
+//!
+//! These are `#[ignore]`d so plain `cargo test` stays fast; run them with `hack/e2e.sh` (or
+//! `make e2e`), which brings the environment up, sets `METAL_DRIVER_E2E=1` and `KUBECONFIG`,
+//! and runs `cargo test --test e2e_controller -- --ignored`. Without those variables the
+//! tests return at once (so `cargo test -- --ignored` elsewhere does not fail for lack of a
+//! cluster).
+//!
+//! Every test runs in its own namespace with its own sim, driver and controller (and MCM),
+//! so they can run in parallel; Node names are derived from the namespace, which carries a
+//! random suffix. Process logs go to `target/e2e-logs/<namespace>/`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
+use metal_driver::controller::crd::{Machine, MachineClass};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_metal-driver");
+const PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
+const TOKEN: &str = "sim-token";
+const CLUSTER_TAG: &str = "kubernetes.io/cluster/shoot--dev--demo";
+const ROLE_TAG: &str = "kubernetes.io/role/node";
+const MACHINE_FINALIZER: &str = "machine.sapcloud.io/machine-controller-manager";
+
+// ---------------------------------------------------------------------------------------
+// Support
+// ---------------------------------------------------------------------------------------
+
+/// `Some(kubeconfig)` when the e2e environment is configured.
+fn e2e_kubeconfig() -> Option<String> {
+    if std::env::var("METAL_DRIVER_E2E").as_deref() != Ok("1") {
+        eprintln!("skipped: set METAL_DRIVER_E2E=1 and KUBECONFIG (hack/e2e.sh does)");
+        return None;
+    }
+    match std::env::var("KUBECONFIG") {
+        Ok(k) if !k.is_empty() => Some(k),
+        _ => {
+            eprintln!("skipped: KUBECONFIG is not set");
+            None
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `f` every 200 ms until it yields `Some`, or panics after `timeout`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A subprocess whose first stdout line is `listening on URL`; killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    url: String,
+}
+
+impl Proc {
+    async fn spawn(name: &str, args: &[String], logs: &Path) -> Proc {
+        let log = std::fs::File::create(logs.join(format!("{name}.log"))).expect("log file");
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("METAL_DRIVER_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{name}: no `listening on` line within 60s (see {})",
+                    logs.display()
+                )
+            })
+            .expect("read stdout")
+            .unwrap_or_else(|| panic!("{name} exited before listening (see {})", logs.display()));
+        let url = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{name}: unexpected first line {first:?}"))
+            .to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Proc {
+            name: name.to_owned(),
+            child,
+            url,
+        }
+    }
+
+    /// SIGKILL, no goodbye: what a crash looks like.
+    async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...).
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([format!("-{sig}"), pid.to_string()])
+                .status();
+        }
+    }
+
+    /// SIGTERM and wait (then SIGKILL after 15 s).
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("{} ignored SIGTERM; killing", self.name);
+            self.kill().await;
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Options of one test's stack.
+#[derive(Clone)]
+struct Opts {
+    provision_seconds: f64,
+    latency_ms: u64,
+    orphan_period: &'static str,
+    with_mcm: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            provision_seconds: 2.0,
+            latency_ms: 0,
+            orphan_period: "15m",
+            with_mcm: false,
+        }
+    }
+}
+
+/// sim + serve + controller (+ MCM) for one namespace.
+struct Stack {
+    ns: String,
+    kubeconfig: String,
+    logs: PathBuf,
+    client: Client,
+    http: reqwest::Client,
+    sim: Proc,
+    serve: Proc,
+    controller: Option<Proc>,
+    controller_args: Vec<String>,
+    controller_starts: usize,
+    mcm: Option<Child>,
+}
+
+impl Stack {
+    async fn start(client: Client, kubeconfig: &str, ns: &str, opts: &Opts) -> Stack {
+        let logs = repo_root().join("target/e2e-logs").join(ns);
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let s = |v: &str| v.to_owned();
+        let sim = Proc::spawn(
+            "sim",
+            &[
+                s("sim"),
+                s("--listen=127.0.0.1:0"),
+                format!("--provision-seconds={}", opts.provision_seconds),
+                s("--deprovision-seconds=0.5"),
+                format!("--latency-ms={}", opts.latency_ms),
+                format!("--register-nodes-kubeconfig={kubeconfig}"),
+            ],
+            &logs,
+        )
+        .await;
+        let serve = Proc::spawn(
+            "serve",
+            &[
+                s("serve"),
+                s("--endpoint=tcp://127.0.0.1:0"),
+                format!("--metal-api-url={}", sim.url),
+                s("--http-addr=127.0.0.1:0"),
+            ],
+            &logs,
+        )
+        .await;
+        let controller_args = vec![
+            s("controller"),
+            format!("--control-kubeconfig={kubeconfig}"),
+            format!("--target-kubeconfig={kubeconfig}"),
+            format!("--namespace={ns}"),
+            format!("--cmi-endpoint={}", serve.url),
+            s("--address=127.0.0.1"),
+            s("--port=0"),
+            format!("--machine-safety-orphan-vms-period={}", opts.orphan_period),
+            s("--machine-health-recheck-period=5s"),
+            s("--leader-elect-lease-duration=3s"),
+            s("--leader-elect-renew-deadline=2s"),
+            s("--leader-elect-retry-period=500ms"),
+        ];
+        let mut stack = Stack {
+            ns: ns.to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
+            logs,
+            client,
+            http: reqwest::Client::new(),
+            sim,
+            serve,
+            controller: None,
+            controller_args,
+            controller_starts: 0,
+            mcm: None,
+        };
+        stack.start_controller().await;
+        if opts.with_mcm {
+            stack.start_mcm().await;
+        }
+        stack
+    }
+
+    async fn start_controller(&mut self) {
+        self.controller_starts += 1;
+        let name = format!("controller-{}", self.controller_starts);
+        let p = Proc::spawn(&name, &self.controller_args, &self.logs).await;
+        // The side port answers /healthz once the process is up.
+        let health = format!("{}/healthz", p.url);
+        let http = self.http.clone();
+        eventually("controller /healthz", Duration::from_secs(30), || {
+            let (http, health) = (http.clone(), health.clone());
+            async move {
+                http.get(&health)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+        self.controller = Some(p);
+    }
+
+    async fn start_mcm(&mut self) {
+        let bin = mcm_binary();
+        let port = free_port();
+        let log =
+            std::fs::File::create(self.logs.join("machine-controller-manager.log")).expect("log");
+        let child = Command::new(&bin)
+            .args([
+                format!("--control-kubeconfig={}", self.kubeconfig),
+                format!("--target-kubeconfig={}", self.kubeconfig),
+                format!("--namespace={}", self.ns),
+                "--leader-elect=false".to_owned(),
+                "--address=127.0.0.1".to_owned(),
+                format!("--port={port}"),
+                "--safety-up=2".to_owned(),
+                "--safety-down=1".to_owned(),
+                "--machine-safety-overshooting-period=1m".to_owned(),
+                "--v=3".to_owned(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        self.mcm = Some(child);
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        let http = self.http.clone();
+        eventually(
+            "machine-controller-manager /healthz",
+            Duration::from_secs(60),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    http.get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Live devices of the sim project (deprovisioning ones excluded): UUID → device JSON.
+    async fn devices(&self) -> BTreeMap<String, Value> {
+        let url = format!("{}/projects/{PROJECT}/devices?per_page=1000", self.sim.url);
+        let body: Value = self
+            .http
+            .get(&url)
+            .header("X-Auth-Token", TOKEN)
+            .send()
+            .await
+            .expect("list devices")
+            .json()
+            .await
+            .expect("devices json");
+        body["devices"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| !matches!(d["state"].as_str(), Some("deprovisioning" | "deleted")))
+            .map(|d| (d["id"].as_str().unwrap_or_default().to_owned(), d))
+            .collect()
+    }
+
+    async fn sim_stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_sim/stats", self.sim.url))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    async fn create_device_directly(&self, hostname: &str, tags: &[&str]) -> String {
+        let url = format!("{}/projects/{PROJECT}/devices", self.sim.url);
+        let resp = self
+            .http
+            .post(&url)
+            .header("X-Auth-Token", TOKEN)
+            .json(&json!({
+                "hostname": hostname, "plan": "c3.small.x86", "metro": "sv",
+                "operating_system": "ubuntu_22_04", "billing_cycle": "hourly", "tags": tags,
+            }))
+            .send()
+            .await
+            .expect("create device");
+        assert!(
+            resp.status().is_success(),
+            "sim refused the device: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        let d: Value = resp.json().await.expect("json");
+        d["id"].as_str().expect("id").to_owned()
+    }
+
+    fn machines(&self) -> Api<Machine> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Deletes every Machine(Deployment/Set) and waits until the controller has released
+    /// them, then stops the processes.
+    async fn teardown(mut self) {
+        let dp = DeleteParams::default();
+        for kind in ["MachineDeployment", "MachineSet"] {
+            let api = dyn_api(&self.client, &self.ns, kind);
+            let _ = api.delete_collection(&dp, &Default::default()).await;
+        }
+        let machines = self.machines();
+        let _ = machines.delete_collection(&dp, &Default::default()).await;
+        if self.controller.is_some() {
+            let ok = tokio::time::timeout(Duration::from_secs(60), async {
+                while !machines
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items.is_empty())
+                    .unwrap_or(true)
+                {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            })
+            .await;
+            if ok.is_err() {
+                eprintln!(
+                    "teardown: Machines in {} not released within 60s; removing finalizers",
+                    self.ns
+                );
+                for m in machines
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                {
+                    let patch = json!({"metadata": {"finalizers": null}});
+                    let _ = machines
+                        .patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                        .await;
+                }
+            }
+        }
+        if let Some(mut mcm) = self.mcm.take() {
+            let _ = mcm.start_kill();
+            let _ = mcm.wait().await;
+        }
+        if let Some(mut c) = self.controller.take() {
+            c.stop().await;
+        }
+        self.serve.stop().await;
+        self.sim.stop().await;
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &dp).await;
+    }
+}
+
+/// The MCM binary: `$METAL_DRIVER_E2E_MCM_BIN`, else whatever `hack/kube-bins.sh` built.
+fn mcm_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("METAL_DRIVER_E2E_MCM_BIN")
+        && !p.is_empty()
+    {
+        return p.into();
+    }
+    let out = std::process::Command::new(repo_root().join("hack/kube-bins.sh"))
+        .args(["--quiet", "machine-controller-manager"])
+        .output()
+        .expect("run hack/kube-bins.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("machine-controller-manager="))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("hack/kube-bins.sh gave no machine-controller-manager: {text}"))
+}
+
+fn dyn_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let (group, version, plural) = match kind {
+        "Secret" => ("", "v1", "secrets"),
+        "MachineClass" => ("machine.sapcloud.io", "v1alpha1", "machineclasses"),
+        "Machine" => ("machine.sapcloud.io", "v1alpha1", "machines"),
+        "MachineSet" => ("machine.sapcloud.io", "v1alpha1", "machinesets"),
+        "MachineDeployment" => ("machine.sapcloud.io", "v1alpha1", "machinedeployments"),
+        other => panic!("no API for kind {other}"),
+    };
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Reads `kubernetes/<file>`, moves it (and its Secret references) into `ns`, lets `edit`
+/// change it, and server-side applies it. Returns the object's name.
+async fn apply_sample(
+    client: &Client,
+    ns: &str,
+    file: &str,
+    edit: impl FnOnce(&mut Value),
+) -> String {
+    let text = std::fs::read_to_string(repo_root().join("kubernetes").join(file)).expect("sample");
+    let mut obj: Value = serde_yaml::from_str(&text).expect("sample yaml");
+    obj["metadata"]["namespace"] = json!(ns);
+    for r in ["secretRef", "credentialsSecretRef"] {
+        if obj.get(r).is_some() {
+            obj[r]["namespace"] = json!(ns);
+        }
+    }
+    edit(&mut obj);
+    let kind = obj["kind"].as_str().expect("kind").to_owned();
+    let name = obj["metadata"]["name"].as_str().expect("name").to_owned();
+    let api = dyn_api(client, ns, &kind);
+    api.patch(
+        &name,
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {file} as {kind}/{name}: {e}"));
+    name
+}
+
+/// Creates a namespace `e2e-<tag>-<random>`, runs `body`, tears the stack down whether or not
+/// `body` panicked, then re-raises its panic.
+async fn with_temp_ns<F, Fut>(tag: &str, opts: Opts, body: F)
+where
+    F: FnOnce(Stack) -> Fut,
+    Fut: Future<Output = Stack>,
+{
+    let Some(kubeconfig) = e2e_kubeconfig() else {
+        return;
+    };
+    let client = Client::try_default()
+        .await
+        .expect("kube client from KUBECONFIG");
+    let ns = format!(
+        "e2e-{tag}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}
+            })),
+        )
+        .await
+        .expect("create namespace");
+    let started = Instant::now();
+    let stack = Stack::start(client, &kubeconfig, &ns, &opts).await;
+    let logs = stack.logs.clone();
+    // The body owns the stack and hands it back; on panic the processes die with it
+    // (kill_on_drop), and the namespace is left for inspection.
+    match std::panic::AssertUnwindSafe(body(stack))
+        .catch_unwind()
+        .await
+    {
+        Ok(stack) => {
+            eprintln!(
+                "{ns}: scenario passed in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            stack.teardown().await;
+        }
+        Err(panic) => {
+            eprintln!(
+                "{ns}: FAILED after {:.1}s; logs in {}",
+                started.elapsed().as_secs_f64(),
+                logs.display()
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+fn uuid_of(provider_id: &str) -> String {
+    provider_id
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// Asserts that live devices and Machines correspond one to one via `spec.providerID`.
+async fn assert_bijection(stack: &Stack, want: usize) {
+    let devices = stack.devices().await;
+    let machines = stack
+        .machines()
+        .list(&Default::default())
+        .await
+        .expect("list machines")
+        .items;
+    let live: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(devices.len(), want, "devices: {:?}", devices.keys());
+    assert_eq!(
+        live.len(),
+        want,
+        "machines: {:?}",
+        live.iter().map(|m| m.name_any()).collect::<Vec<_>>()
+    );
+    let claimed: Vec<String> = live
+        .iter()
+        .filter_map(|m| m.provider_id())
+        .map(uuid_of)
+        .collect();
+    let unique: BTreeSet<&String> = claimed.iter().collect();
+    assert_eq!(
+        unique.len(),
+        claimed.len(),
+        "two Machines claim one device: {claimed:?}"
+    );
+    let device_ids: BTreeSet<&String> = devices.keys().collect();
+    assert_eq!(unique, device_ids, "Machines' providerIDs vs devices");
+}
+
+async fn apply_class_and_secret(client: &Client, ns: &str) -> String {
+    apply_sample(client, ns, "secret.yaml", |_| {}).await;
+    apply_sample(client, ns, "machine-class.yaml", |_| {}).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------
+
+/// a) Secret + MachineClass + Machine from the samples → one device, providerID, Pending then
+/// Running (the sim registers the Node); delete → device, Node, finalizer, Machine gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn a_machine_lifecycle_from_samples() {
+    with_temp_ns(
+        "a",
+        Opts {
+            provision_seconds: 3.0,
+            ..Opts::default()
+        },
+        |stack| async move {
+            let client = stack.client.clone();
+            let ns = stack.ns.clone();
+            let class = apply_class_and_secret(&client, &ns).await;
+            let machine_name = format!("{ns}-m1");
+            apply_sample(&client, &ns, "machine.yaml", |m| {
+                m["metadata"]["name"] = json!(machine_name)
+            })
+            .await;
+            let machines = stack.machines();
+
+            // Poll quickly and record every phase seen, to catch Pending before Running.
+            let mut phases = Vec::<String>::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let m = loop {
+                if let Ok(m) = machines.get(&machine_name).await {
+                    let p = m.phase().to_owned();
+                    if phases.last() != Some(&p) {
+                        phases.push(p.clone());
+                    }
+                    if p == "Running" {
+                        break m;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Machine not Running within 60s; phases seen {phases:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert!(
+                phases.contains(&"Pending".to_owned()),
+                "phases seen: {phases:?}"
+            );
+            assert!(m.finalizers().iter().any(|f| f == MACHINE_FINALIZER));
+            assert_eq!(
+                m.annotations()
+                    .get("machinepriority.machine.sapcloud.io")
+                    .map(String::as_str),
+                Some("3")
+            );
+            assert_eq!(m.node_name(), Some(machine_name.as_str()));
+            let pid = m.provider_id().expect("providerID").to_owned();
+            assert!(pid.starts_with("equinixmetal://"), "{pid}");
+            let devices = stack.devices().await;
+            assert_eq!(devices.len(), 1, "{devices:?}");
+            assert!(devices.contains_key(&uuid_of(&pid)));
+            let nodes: Api<Node> = Api::all(client.clone());
+            let node = nodes
+                .get(&machine_name)
+                .await
+                .expect("Node registered by the sim");
+            assert_eq!(
+                node.spec.as_ref().and_then(|s| s.provider_id.as_deref()),
+                Some(pid.as_str())
+            );
+            let classes: Api<MachineClass> = Api::namespaced(client.clone(), &ns);
+            let c = classes.get(&class).await.expect("class");
+            assert!(
+                c.finalizers().iter().any(|f| f == MACHINE_FINALIZER),
+                "class finalizer while referenced"
+            );
+
+            let t = Instant::now();
+            machines
+                .delete(&machine_name, &DeleteParams::default())
+                .await
+                .expect("delete machine");
+            eventually("Machine gone", Duration::from_secs(60), || {
+                let machines = machines.clone();
+                let name = machine_name.clone();
+                async move { machines.get_opt(&name).await.ok()?.is_none().then_some(()) }
+            })
+            .await;
+            let s = &stack;
+            eventually("device gone", Duration::from_secs(30), || async move {
+                s.devices().await.is_empty().then_some(())
+            })
+            .await;
+            eventually("Node gone", Duration::from_secs(30), || {
+                let nodes = nodes.clone();
+                let name = machine_name.clone();
+                async move { nodes.get_opt(&name).await.ok()?.is_none().then_some(()) }
+            })
+            .await;
+            eventually("class finalizer released", Duration::from_secs(30), || {
+                let classes = classes.clone();
+                let class = class.clone();
+                async move {
+                    let c = classes.get(&class).await.ok()?;
+                    (!c.finalizers().iter().any(|f| f == MACHINE_FINALIZER)).then_some(())
+                }
+            })
+            .await;
+            eprintln!(
+                "a: phases {phases:?}; delete completed in {:.1}s",
+                t.elapsed().as_secs_f64()
+            );
+            stack
+        },
+    )
+    .await;
+}
+
+/// b) MachineDeployment with 3 replicas reconciled by MCM's binary + our controller → 3
+/// devices; scale to 5, then 1 → device count follows, one device per Machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn b_machine_deployment_scales_with_mcm() {
+    with_temp_ns(
+        "b",
+        Opts {
+            with_mcm: true,
+            provision_seconds: 1.0,
+            ..Opts::default()
+        },
+        |stack| async move {
+            let client = stack.client.clone();
+            let ns = stack.ns.clone();
+            apply_class_and_secret(&client, &ns).await;
+            let md_name = format!("{ns}-md");
+            apply_sample(&client, &ns, "machine-deployment.yaml", |md| {
+                md["metadata"]["name"] = json!(md_name);
+                md["spec"]["selector"]["matchLabels"]["name"] = json!(md_name);
+                md["spec"]["template"]["metadata"]["labels"]["name"] = json!(md_name);
+            })
+            .await;
+            let mds = dyn_api(&client, &ns, "MachineDeployment");
+            for replicas in [3usize, 5, 1] {
+                let t = Instant::now();
+                mds.patch(
+                    &md_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                )
+                .await
+                .expect("scale");
+                let s = &stack;
+                eventually(
+                    &format!("{replicas} devices and Machines"),
+                    Duration::from_secs(120),
+                    || async move {
+                        let devices = s.devices().await;
+                        let machines = s.machines().list(&Default::default()).await.ok()?.items;
+                        let settled = machines.len() == replicas
+                            && machines.iter().all(|m| {
+                                m.metadata.deletion_timestamp.is_none() && m.provider_id().is_some()
+                            });
+                        (devices.len() == replicas && settled).then_some(())
+                    },
+                )
+                .await;
+                assert_bijection(&stack, replicas).await;
+                eprintln!(
+                    "b: {replicas} replicas settled in {:.1}s",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            stack
+        },
+    )
+    .await;
+}
+
+/// c) A device with the class's cluster and role tags created directly in the sim (no Machine)
+/// → deleted by orphan collection within the configured period; a Machine's device stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn c_orphan_device_is_collected() {
+    with_temp_ns(
+        "c",
+        Opts {
+            orphan_period: "3s",
+            provision_seconds: 1.0,
+            ..Opts::default()
+        },
+        |stack| async move {
+            let client = stack.client.clone();
+            let ns = stack.ns.clone();
+            apply_class_and_secret(&client, &ns).await;
+            let keep = format!("{ns}-keep");
+            apply_sample(&client, &ns, "machine.yaml", |m| {
+                m["metadata"]["name"] = json!(keep)
+            })
+            .await;
+            let kept = eventually("Machine has a device", Duration::from_secs(60), || {
+                let machines = stack.machines();
+                let keep = keep.clone();
+                async move { machines.get(&keep).await.ok()?.provider_id().map(uuid_of) }
+            })
+            .await;
+            let orphan = stack
+                .create_device_directly(&format!("{ns}-orphan"), &[CLUSTER_TAG, ROLE_TAG])
+                .await;
+            assert!(stack.devices().await.contains_key(&orphan));
+            let t = Instant::now();
+            let (s, o) = (&stack, &orphan);
+            eventually(
+                "orphan device deleted",
+                Duration::from_secs(30),
+                || async move { (!s.devices().await.contains_key(o)).then_some(()) },
+            )
+            .await;
+            eprintln!(
+                "c: orphan collected {:.1}s after it appeared (period 3s)",
+                t.elapsed().as_secs_f64()
+            );
+            // Two more periods: the Machine's device must survive collection.
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            let devices = stack.devices().await;
+            assert_eq!(
+                devices.keys().collect::<Vec<_>>(),
+                vec![&kept],
+                "only the Machine's device remains"
+            );
+            stack
+        },
+    )
+    .await;
+}
+
+/// d) The controller dies in the middle of creates and is restarted → exactly one device per
+/// Machine. To land the crash exactly between "the device exists at the provider" and
+/// "`spec.providerID` is persisted", the controller is frozen (SIGSTOP) as soon as the sim sees
+/// the first createDevice request, the driver is left to finish (its answers sit unread in
+/// the frozen controller's socket), and the controller is then SIGKILLed and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn d_controller_killed_mid_create() {
+    let opts = Opts {
+        latency_ms: 300,
+        provision_seconds: 1.0,
+        ..Opts::default()
+    };
+    with_temp_ns("d", opts, |mut stack| async move {
+        let client = stack.client.clone();
+        let ns = stack.ns.clone();
+        apply_class_and_secret(&client, &ns).await;
+        let names: Vec<String> = (1..=4).map(|i| format!("{ns}-m{i}")).collect();
+        for n in &names {
+            apply_sample(&client, &ns, "machine.yaml", |m| m["metadata"]["name"] = json!(n)).await;
+        }
+        let s = &stack;
+        eventually("first createDevice request", Duration::from_secs(60), || async move {
+            let stats = s.sim_stats().await;
+            (stats["requests"]["createDevice"].as_u64().unwrap_or(0) >= 1).then_some(())
+        })
+        .await;
+        stack.controller.as_ref().expect("controller").signal("STOP");
+        let s = &stack;
+        eventually("the in-flight creates committed", Duration::from_secs(30), || async move {
+            let stats = s.sim_stats().await;
+            let asked = stats["requests"]["createDevice"].as_u64().unwrap_or(0);
+            let made = stats["devices_created"].as_u64().unwrap_or(0);
+            (made >= 1 && made >= asked).then_some(())
+        })
+        .await;
+        // Give the driver time to finish its answers, then crash the frozen controller.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stack.controller.as_mut().expect("controller").kill().await;
+        let machines = stack.machines().list(&Default::default()).await.expect("list").items;
+        let without_id = machines.iter().filter(|m| m.provider_id().is_none()).count();
+        let created = stack.sim_stats().await["devices_created"].as_u64().unwrap_or(0);
+        eprintln!("d: crashed with {created} device(s) at the provider and {without_id}/4 Machines without providerID");
+        assert!(created >= 1 && without_id >= 1, "the crash did not land mid-create");
+
+        let t = Instant::now();
+        stack.start_controller().await;
+        let s = &stack;
+        eventually("4 devices, each claimed by one Machine", Duration::from_secs(90), || async move {
+            let devices = s.devices().await;
+            let machines = s.machines().list(&Default::default()).await.ok()?.items;
+            (devices.len() == 4 && machines.iter().all(|m| m.provider_id().is_some())).then_some(())
+        })
+        .await;
+        // No late duplicates either.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_bijection(&stack, 4).await;
+        let stats = stack.sim_stats().await;
+        assert_eq!(stats["devices_created"].as_u64(), Some(4), "devices ever created: {stats}");
+        eprintln!("d: recovered {:.1}s after restart (includes the 3s leader lease expiry)", t.elapsed().as_secs_f64());
+        stack
+    })
+    .await;
+}
+
+/// e) A MachineClass with a bad providerSpec → phase CrashLoopBackOff, errorCode
+/// InvalidArgument, a message naming the field, and no device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn e_bad_provider_spec_crash_loops() {
+    with_temp_ns("e", Opts::default(), |stack| async move {
+        let client = stack.client.clone();
+        let ns = stack.ns.clone();
+        apply_sample(&client, &ns, "secret.yaml", |_| {}).await;
+        apply_sample(&client, &ns, "machine-class.yaml", |c| {
+            c["providerSpec"]
+                .as_object_mut()
+                .expect("providerSpec")
+                .remove("machineType");
+        })
+        .await;
+        let name = format!("{ns}-bad");
+        apply_sample(&client, &ns, "machine.yaml", |m| {
+            m["metadata"]["name"] = json!(name)
+        })
+        .await;
+        let m = eventually("CrashLoopBackOff", Duration::from_secs(60), || {
+            let machines = stack.machines();
+            let name = name.clone();
+            async move {
+                machines
+                    .get(&name)
+                    .await
+                    .ok()
+                    .filter(|m| m.phase() == "CrashLoopBackOff")
+            }
+        })
+        .await;
+        let lo = m
+            .status
+            .as_ref()
+            .and_then(|s| s.last_operation.clone())
+            .expect("lastOperation");
+        assert_eq!(lo.error_code.as_deref(), Some("InvalidArgument"), "{lo:?}");
+        assert_eq!((lo.type_.as_str(), lo.state.as_str()), ("Create", "Failed"));
+        assert!(
+            lo.description.starts_with("Cloud provider message - "),
+            "{}",
+            lo.description
+        );
+        assert!(
+            lo.description.contains("machineType"),
+            "message should name the field: {}",
+            lo.description
+        );
+        assert!(m.provider_id().is_none());
+        assert!(stack.devices().await.is_empty(), "no device for a bad spec");
+        assert_eq!(stack.sim_stats().await["devices_created"].as_u64(), Some(0));
+        eprintln!("e: {}", lo.description);
+
+        // Deleting it is blocked while the spec is bad (the driver cannot look for a device
+        // it might have made, so MCM's rule applies: retry, never assume). Fixing the class
+        // unblocks it through the class watch.
+        let machines = stack.machines();
+        machines
+            .delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        let t = Instant::now();
+        apply_sample(&client, &ns, "machine-class.yaml", |_| {}).await;
+        eventually(
+            "Machine released after the class is fixed",
+            Duration::from_secs(30),
+            || {
+                let machines = machines.clone();
+                let name = name.clone();
+                async move { machines.get_opt(&name).await.ok()?.is_none().then_some(()) }
+            },
+        )
+        .await;
+        eprintln!(
+            "e: deletion completed {:.1}s after the class was fixed",
+            t.elapsed().as_secs_f64()
+        );
+        stack
+    })
+    .await;
+}
