@@ -36,8 +36,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     // Encoded by protox itself: prost_types' FieldOptions would drop the cmi_secret
     // extension, and reflection clients must see it.
-    std::fs::write(out.join("cmi_descriptor.bin"), compiler.encode_file_descriptor_set())?;
-    std::fs::write(out.join("cmi_secret_messages.txt"), secret_bearing.join("\n"))?;
+    std::fs::write(
+        out.join("cmi_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    std::fs::write(
+        out.join("cmi_secret_messages.txt"),
+        secret_bearing.join("\n"),
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)

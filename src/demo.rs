@@ -17,8 +17,9 @@ use crate::{
         client::CmiClient,
         server::{ServerConfig, start},
         v1::{
-            CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest, GetPluginCapabilitiesRequest,
-            GetPluginInfoRequest, ListMachinesRequest, ProbeRequest, ShutDownMachineRequest,
+            CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest,
+            GetPluginCapabilitiesRequest, GetPluginInfoRequest, ListMachinesRequest, ProbeRequest,
+            ShutDownMachineRequest,
         },
     },
     metal::{
@@ -53,7 +54,10 @@ pub enum DemoError {
 }
 
 fn fail(step: &'static str, reason: impl ToString) -> DemoError {
-    DemoError::Step { step, reason: reason.to_string() }
+    DemoError::Step {
+        step,
+        reason: reason.to_string(),
+    }
 }
 
 /// The providerSpec of the demo MachineClass, as the Gardener extension would emit it.
@@ -74,7 +78,10 @@ pub fn demo_provider_spec() -> Vec<u8> {
 pub fn demo_secrets() -> HashMap<String, Vec<u8>> {
     HashMap::from([
         ("apiToken".to_owned(), DEMO_TOKEN.as_bytes().to_vec()),
-        ("userData".to_owned(), b"#cloud-config\nhostname: demo\n".to_vec()),
+        (
+            "userData".to_owned(),
+            b"#cloud-config\nhostname: demo\n".to_vec(),
+        ),
     ])
 }
 
@@ -94,21 +101,42 @@ impl Steps {
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
-    let steps = Steps { started: Instant::now() };
-    let sim_args = SimArgs { provision_seconds: args.provision_seconds, ..SimArgs::for_tests() };
-    let sim = sim::spawn(sim_args).await.map_err(|e| fail("start simulator", e))?;
+    let steps = Steps {
+        started: Instant::now(),
+    };
+    let sim_args = SimArgs {
+        provision_seconds: args.provision_seconds,
+        ..SimArgs::for_tests()
+    };
+    let sim = sim::spawn(sim_args)
+        .await
+        .map_err(|e| fail("start simulator", e))?;
     println!("simulator (Equinix Metal API)   {}", sim.base_url());
 
     let metrics = Metrics::new();
-    let client = MetalClient::new(ClientConfig { base_url: sim.base_url(), ..ClientConfig::default() }, Some(metrics.metal.clone()))
-        .map_err(|e| fail("build Metal client", e))?;
+    let client = MetalClient::new(
+        ClientConfig {
+            base_url: sim.base_url(),
+            ..ClientConfig::default()
+        },
+        Some(metrics.metal.clone()),
+    )
+    .map_err(|e| fail("build Metal client", e))?;
     let provider = Arc::new(Provider::new(client, ProviderConfig::default()));
     let stop = CancellationToken::new();
-    let server = start(ServerConfig::loopback(), provider, metrics.clone(), stop.clone())
-        .await
-        .map_err(|e| fail("start driver", e))?;
+    let server = start(
+        ServerConfig::loopback(),
+        provider,
+        metrics.clone(),
+        stop.clone(),
+    )
+    .await
+    .map_err(|e| fail("start driver", e))?;
     println!("driver (CMI gRPC)               {}", server.endpoint);
-    println!("driver metrics                  http://{}/metrics", server.http_addr);
+    println!(
+        "driver metrics                  http://{}/metrics",
+        server.http_addr
+    );
     println!();
 
     let cmi = CmiClient::connect(&server.endpoint.to_string(), Duration::from_secs(30))
@@ -126,19 +154,34 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     result
 }
 
-async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str) -> Result<(), DemoError> {
+async fn drive(
+    steps: &Steps,
+    cmi: &CmiClient,
+    sim: &sim::SimHandle,
+    name: &str,
+) -> Result<(), DemoError> {
     let spec = demo_provider_spec();
     let secrets = demo_secrets();
 
     let t = Instant::now();
-    let info = cmi.identity.clone().get_plugin_info(cmi.request(GetPluginInfoRequest {})).await.map_err(|s| fail("GetPluginInfo", s))?;
+    let info = cmi
+        .identity
+        .clone()
+        .get_plugin_info(cmi.request(GetPluginInfoRequest {}))
+        .await
+        .map_err(|s| fail("GetPluginInfo", s))?;
     let caps = cmi
         .identity
         .clone()
         .get_plugin_capabilities(cmi.request(GetPluginCapabilitiesRequest {}))
         .await
         .map_err(|s| fail("GetPluginCapabilities", s))?;
-    let probe = cmi.identity.clone().probe(cmi.request(ProbeRequest {})).await.map_err(|s| fail("Probe", s))?;
+    let probe = cmi
+        .identity
+        .clone()
+        .probe(cmi.request(ProbeRequest {}))
+        .await
+        .map_err(|s| fail("Probe", s))?;
     let info = info.into_inner();
     steps.print(
         "identity",
@@ -165,7 +208,14 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
         .await
         .map_err(|s| fail("CreateMachine", s))?
         .into_inner();
-    steps.print("CreateMachine", t.elapsed(), &format!("{name} → {} (node {})", created.provider_id, created.node_name));
+    steps.print(
+        "CreateMachine",
+        t.elapsed(),
+        &format!(
+            "{name} → {} (node {})",
+            created.provider_id, created.node_name
+        ),
+    );
 
     let t = Instant::now();
     let again = cmi
@@ -181,9 +231,16 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
         .map_err(|s| fail("CreateMachine (retry)", s))?
         .into_inner();
     if again.provider_id != created.provider_id {
-        return Err(fail("CreateMachine (retry)", format!("a retry returned another device: {}", again.provider_id)));
+        return Err(fail(
+            "CreateMachine (retry)",
+            format!("a retry returned another device: {}", again.provider_id),
+        ));
     }
-    steps.print("CreateMachine (retry)", t.elapsed(), "same device returned: create is idempotent");
+    steps.print(
+        "CreateMachine (retry)",
+        t.elapsed(),
+        "same device returned: create is idempotent",
+    );
 
     // Poll status until the simulated device is active.
     let t = Instant::now();
@@ -202,7 +259,10 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
             .map_err(|s| fail("GetMachineStatus", s))?
             .into_inner();
         if status.provider_id != created.provider_id {
-            return Err(fail("GetMachineStatus", format!("unexpected ProviderID {}", status.provider_id)));
+            return Err(fail(
+                "GetMachineStatus",
+                format!("unexpected ProviderID {}", status.provider_id),
+            ));
         }
         let state = sim
             .devices()
@@ -213,7 +273,11 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
             steps.print(
                 "GetMachineStatus",
                 t.elapsed(),
-                &format!("{} · device {}", status.node_name, state.map_or("unknown", DeviceState::as_str)),
+                &format!(
+                    "{} · device {}",
+                    status.node_name,
+                    state.map_or("unknown", DeviceState::as_str)
+                ),
             );
             last_state = state;
         }
@@ -221,7 +285,10 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
             break;
         }
         if t.elapsed() > Duration::from_secs(120) {
-            return Err(fail("GetMachineStatus", "device did not become active within 120 s"));
+            return Err(fail(
+                "GetMachineStatus",
+                "device did not become active within 120 s",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -230,14 +297,32 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
     let list = cmi
         .machine
         .clone()
-        .list_machines(cmi.request(ListMachinesRequest { provider_spec: spec.clone(), secrets: secrets.clone() }))
+        .list_machines(cmi.request(ListMachinesRequest {
+            provider_spec: spec.clone(),
+            secrets: secrets.clone(),
+        }))
         .await
         .map_err(|s| fail("ListMachines", s))?
         .into_inner();
-    if list.machine_list.get(&created.provider_id).map(String::as_str) != Some(name) {
-        return Err(fail("ListMachines", format!("{name} missing from {:?}", list.machine_list)));
+    if list
+        .machine_list
+        .get(&created.provider_id)
+        .map(String::as_str)
+        != Some(name)
+    {
+        return Err(fail(
+            "ListMachines",
+            format!("{name} missing from {:?}", list.machine_list),
+        ));
     }
-    steps.print("ListMachines", t.elapsed(), &format!("{} machine(s) in the cluster, {name} among them", list.machine_list.len()));
+    steps.print(
+        "ListMachines",
+        t.elapsed(),
+        &format!(
+            "{} machine(s) in the cluster, {name} among them",
+            list.machine_list.len()
+        ),
+    );
 
     let t = Instant::now();
     cmi.machine
@@ -281,12 +366,19 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
             .await;
         match result {
             Err(status) if status.code() == Code::NotFound => {
-                steps.print("GetMachineStatus", t.elapsed(), "NotFound: the machine is gone");
+                steps.print(
+                    "GetMachineStatus",
+                    t.elapsed(),
+                    "NotFound: the machine is gone",
+                );
                 break;
             }
             Err(status) => return Err(fail("GetMachineStatus after delete", status)),
             Ok(_) if t.elapsed() > Duration::from_secs(60) => {
-                return Err(fail("GetMachineStatus after delete", "device still present after 60 s"));
+                return Err(fail(
+                    "GetMachineStatus after delete",
+                    "device still present after 60 s",
+                ));
             }
             Ok(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
@@ -295,10 +387,17 @@ async fn drive(steps: &Steps, cmi: &CmiClient, sim: &sim::SimHandle, name: &str)
     let t = Instant::now();
     while !sim.devices().is_empty() {
         if t.elapsed() > Duration::from_secs(60) {
-            return Err(fail("final check", format!("{} device(s) left in the simulator", sim.devices().len())));
+            return Err(fail(
+                "final check",
+                format!("{} device(s) left in the simulator", sim.devices().len()),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    steps.print("deprovisioned", t.elapsed(), "no device left in the project");
+    steps.print(
+        "deprovisioned",
+        t.elapsed(),
+        "no device left in the project",
+    );
     Ok(())
 }

@@ -39,7 +39,11 @@ impl Endpoint {
             let ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
                 !host.is_empty() && !port.is_empty() && port.parse::<u16>().is_ok()
             });
-            return if ok { Ok(Self::Tcp(rest.to_owned())) } else { Err(EndpointError::Malformed(raw.into())) };
+            return if ok {
+                Ok(Self::Tcp(rest.to_owned()))
+            } else {
+                Err(EndpointError::Malformed(raw.into()))
+            };
         }
         if let Some(rest) = raw.strip_prefix("unix://") {
             let path = Path::new(rest);
@@ -81,10 +85,15 @@ impl Listener {
 /// Binds `endpoint`. A unix socket gets mode 0600 and its directory must not be writable by
 /// other users; a stale socket file from a previous run is replaced.
 pub async fn bind(endpoint: &Endpoint) -> Result<Listener, EndpointError> {
-    let io = |source| EndpointError::Io { endpoint: endpoint.to_string(), source };
+    let io = |source| EndpointError::Io {
+        endpoint: endpoint.to_string(),
+        source,
+    };
     match endpoint {
         Endpoint::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr.as_str()).await.map_err(io)?;
+            let listener = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .map_err(io)?;
             let local = listener.local_addr().map_err(io)?;
             Ok(Listener::Tcp(listener, local))
         }
@@ -120,10 +129,27 @@ mod tests {
 
     #[test]
     fn parses_the_forms_we_support() {
-        assert_eq!(Endpoint::parse("tcp://127.0.0.1:0").unwrap(), Endpoint::Tcp("127.0.0.1:0".into()));
-        assert_eq!(Endpoint::parse("tcp://[::1]:8080").unwrap(), Endpoint::Tcp("[::1]:8080".into()));
-        assert_eq!(Endpoint::parse("unix:///run/cmi.sock").unwrap(), Endpoint::Unix("/run/cmi.sock".into()));
-        for bad in ["", "127.0.0.1:80", "tcp://", "tcp://host", "tcp://host:x", "unix://rel.sock", "http://a:1"] {
+        assert_eq!(
+            Endpoint::parse("tcp://127.0.0.1:0").unwrap(),
+            Endpoint::Tcp("127.0.0.1:0".into())
+        );
+        assert_eq!(
+            Endpoint::parse("tcp://[::1]:8080").unwrap(),
+            Endpoint::Tcp("[::1]:8080".into())
+        );
+        assert_eq!(
+            Endpoint::parse("unix:///run/cmi.sock").unwrap(),
+            Endpoint::Unix("/run/cmi.sock".into())
+        );
+        for bad in [
+            "",
+            "127.0.0.1:80",
+            "tcp://",
+            "tcp://host",
+            "tcp://host:x",
+            "unix://rel.sock",
+            "http://a:1",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -138,7 +164,10 @@ mod tests {
         let l = bind(&ep).await.expect("a stale socket is replaced");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(l.endpoint().to_string(), format!("unix://{}", path.display()));
+        assert_eq!(
+            l.endpoint().to_string(),
+            format!("unix://{}", path.display())
+        );
     }
 
     #[tokio::test]
@@ -146,14 +175,21 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = bind(&Endpoint::Unix(dir.path().join("s.sock"))).await.err().unwrap();
+        let err = bind(&Endpoint::Unix(dir.path().join("s.sock")))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, EndpointError::WorldWritable(_)), "{err}");
     }
 
     #[tokio::test]
     async fn tcp_port_zero_reports_real_port() {
-        let l = bind(&Endpoint::parse("tcp://127.0.0.1:0").unwrap()).await.unwrap();
-        let Endpoint::Tcp(addr) = l.endpoint() else { panic!() };
+        let l = bind(&Endpoint::parse("tcp://127.0.0.1:0").unwrap())
+            .await
+            .unwrap();
+        let Endpoint::Tcp(addr) = l.endpoint() else {
+            panic!()
+        };
         assert!(!addr.ends_with(":0"), "{addr}");
     }
 }

@@ -61,15 +61,22 @@ impl identity_server::Identity for IdentityService {
             let capabilities = CAPABILITIES
                 .iter()
                 .map(|t| PluginCapability {
-                    r#type: Some(plugin_capability::Type::Rpc(plugin_capability::Rpc { r#type: *t as i32 })),
+                    r#type: Some(plugin_capability::Type::Rpc(plugin_capability::Rpc {
+                        r#type: *t as i32,
+                    })),
                 })
                 .collect();
-            Ok(Response::new(GetPluginCapabilitiesResponse { capabilities }))
+            Ok(Response::new(GetPluginCapabilitiesResponse {
+                capabilities,
+            }))
         })
         .await
     }
 
-    async fn probe(&self, _request: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+    async fn probe(
+        &self,
+        _request: Request<ProbeRequest>,
+    ) -> Result<Response<ProbeResponse>, Status> {
         observed(&self.metrics, SERVICE, "Probe", "", async {
             if self.readiness.get() {
                 Ok(Response::new(ProbeResponse { ready: Some(true) }))

@@ -9,9 +9,9 @@ use super::{
     observe::{deadline, observed},
     v1::{
         CreateMachineRequest, CreateMachineResponse, DeleteMachineRequest, DeleteMachineResponse,
-        GetMachineStatusRequest, GetMachineStatusResponse, GetVolumeIDsRequest, GetVolumeIDsResponse,
-        ListMachinesRequest, ListMachinesResponse, ShutDownMachineRequest, ShutDownMachineResponse,
-        machine_server,
+        GetMachineStatusRequest, GetMachineStatusResponse, GetVolumeIDsRequest,
+        GetVolumeIDsResponse, ListMachinesRequest, ListMachinesResponse, ShutDownMachineRequest,
+        ShutDownMachineResponse, machine_server,
     },
 };
 use crate::{
@@ -79,7 +79,9 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
                     deadline,
                 })
                 .await?;
-            Ok(Response::new(DeleteMachineResponse { last_known_state: Vec::new() }))
+            Ok(Response::new(DeleteMachineResponse {
+                last_known_state: Vec::new(),
+            }))
         })
         .await
     }
@@ -119,9 +121,15 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         observed(&self.metrics, SERVICE, "ListMachines", "", async {
             let machines = self
                 .provider
-                .list_machines(ListRequest { provider_spec: r.provider_spec, secrets: r.secrets, deadline })
+                .list_machines(ListRequest {
+                    provider_spec: r.provider_spec,
+                    secrets: r.secrets,
+                    deadline,
+                })
                 .await?;
-            Ok(Response::new(ListMachinesResponse { machine_list: machines.into_iter().collect() }))
+            Ok(Response::new(ListMachinesResponse {
+                machine_list: machines.into_iter().collect(),
+            }))
         })
         .await
     }
@@ -143,7 +151,9 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
                     deadline,
                 })
                 .await?;
-            Ok(Response::new(ShutDownMachineResponse { last_known_state: Vec::new() }))
+            Ok(Response::new(ShutDownMachineResponse {
+                last_known_state: Vec::new(),
+            }))
         })
         .await
     }

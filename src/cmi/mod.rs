@@ -19,7 +19,8 @@ pub mod v1 {
 
 /// The encoded `FileDescriptorSet` of our proto, for server reflection and for tests
 /// that walk the schema (redaction, wire compatibility).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cmi_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cmi_descriptor.bin"));
 
 /// The name we report in GetPluginInfo: DNS-style, at most 63 characters.
 pub const PLUGIN_NAME: &str = "metal.driver.cmi";

@@ -120,8 +120,10 @@ mod tests {
     #[tokio::test]
     async fn observed_records_code_metrics() {
         let m = Metrics::new();
-        let r: Result<(), Status> =
-            observed(&m, "cmi.v1.Machine", "DeleteMachine", "m1", async { Err(Status::aborted("busy")) }).await;
+        let r: Result<(), Status> = observed(&m, "cmi.v1.Machine", "DeleteMachine", "m1", async {
+            Err(Status::aborted("busy"))
+        })
+        .await;
         assert!(r.is_err());
         assert!(m.render().contains(
             "grpc_server_handled_total{grpc_service=\"cmi.v1.Machine\",grpc_method=\"DeleteMachine\",grpc_code=\"Aborted\"} 1"

@@ -20,7 +20,9 @@ impl fmt::Debug for SecretKeys<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut keys: Vec<&str> = self.0.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        f.debug_map().entries(keys.into_iter().map(|k| (k, "<redacted>"))).finish()
+        f.debug_map()
+            .entries(keys.into_iter().map(|k| (k, "<redacted>")))
+            .finish()
     }
 }
 
@@ -118,18 +120,36 @@ mod tests {
             ),
             "cmi.v1.DeleteMachineRequest" => format!(
                 "{:?}",
-                DeleteMachineRequest { provider_spec: spec, secrets: secrets(), ..Default::default() }
+                DeleteMachineRequest {
+                    provider_spec: spec,
+                    secrets: secrets(),
+                    ..Default::default()
+                }
             ),
             "cmi.v1.GetMachineStatusRequest" => format!(
                 "{:?}",
-                GetMachineStatusRequest { provider_spec: spec, secrets: secrets(), ..Default::default() }
+                GetMachineStatusRequest {
+                    provider_spec: spec,
+                    secrets: secrets(),
+                    ..Default::default()
+                }
             ),
             "cmi.v1.ListMachinesRequest" => {
-                format!("{:?}", ListMachinesRequest { provider_spec: spec, secrets: secrets() })
+                format!(
+                    "{:?}",
+                    ListMachinesRequest {
+                        provider_spec: spec,
+                        secrets: secrets()
+                    }
+                )
             }
             "cmi.v1.ShutDownMachineRequest" => format!(
                 "{:?}",
-                ShutDownMachineRequest { provider_spec: spec, secrets: secrets(), ..Default::default() }
+                ShutDownMachineRequest {
+                    provider_spec: spec,
+                    secrets: secrets(),
+                    ..Default::default()
+                }
             ),
             _ => return None,
         })
@@ -137,23 +157,30 @@ mod tests {
 
     /// The messages build.rs found carrying a `(cmi_secret)` field (it reads the extension
     /// from the proto source with protox and switches prost's `Debug` off for them).
-    const SECRET_MESSAGES: &str = include_str!(concat!(env!("OUT_DIR"), "/cmi_secret_messages.txt"));
+    const SECRET_MESSAGES: &str =
+        include_str!(concat!(env!("OUT_DIR"), "/cmi_secret_messages.txt"));
 
     #[test]
     fn every_secret_bearing_message_has_a_redacting_debug() {
         let pool = DescriptorPool::decode(crate::cmi::FILE_DESCRIPTOR_SET).unwrap();
-        let listed: Vec<&str> = SECRET_MESSAGES.lines().map(|l| l.trim_start_matches('.')).collect();
+        let listed: Vec<&str> = SECRET_MESSAGES
+            .lines()
+            .map(|l| l.trim_start_matches('.'))
+            .collect();
         let mut checked = 0;
         for message in pool.all_messages() {
             // Cross-check build.rs: any message with a map<string, bytes> field named
             // Secrets must have been found by the extension scan.
             let has_secrets_field = message.fields().any(|f| f.name() == "Secrets");
-            let ext_marked = pool.get_extension_by_name("cmi.v1.cmi_secret").is_some_and(|ext| {
-                message.fields().any(|f| {
-                    let o = f.options();
-                    o.has_extension(&ext) && matches!(o.get_extension(&ext).as_ref(), Value::Bool(true))
-                })
-            });
+            let ext_marked = pool
+                .get_extension_by_name("cmi.v1.cmi_secret")
+                .is_some_and(|ext| {
+                    message.fields().any(|f| {
+                        let o = f.options();
+                        o.has_extension(&ext)
+                            && matches!(o.get_extension(&ext).as_ref(), Value::Bool(true))
+                    })
+                });
             let secret_bearing = listed.contains(&message.full_name()) || ext_marked;
             assert_eq!(
                 has_secrets_field,
@@ -165,12 +192,25 @@ mod tests {
                 continue;
             }
             let out = debug_of(message.full_name()).unwrap_or_else(|| {
-                panic!("{} carries a cmi_secret field but has no redacting Debug", message.full_name())
+                panic!(
+                    "{} carries a cmi_secret field but has no redacting Debug",
+                    message.full_name()
+                )
             });
-            assert!(!out.contains(SENTINEL), "{} leaks a secret: {out}", message.full_name());
-            assert!(out.contains("apiToken"), "keys stay visible for debugging: {out}");
+            assert!(
+                !out.contains(SENTINEL),
+                "{} leaks a secret: {out}",
+                message.full_name()
+            );
+            assert!(
+                out.contains("apiToken"),
+                "keys stay visible for debugging: {out}"
+            );
             checked += 1;
         }
-        assert_eq!(checked, 5, "the reference proto has five secret-bearing requests");
+        assert_eq!(
+            checked, 5,
+            "the reference proto has five secret-bearing requests"
+        );
     }
 }

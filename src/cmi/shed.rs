@@ -20,7 +20,9 @@ pub struct ShedLayer {
 
 impl ShedLayer {
     pub fn new(max_in_flight: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(max_in_flight.max(1))) }
+        Self {
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        }
     }
 }
 
@@ -28,7 +30,10 @@ impl<S> Layer<S> for ShedLayer {
     type Service = Shed<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Shed { inner, permits: self.permits.clone() }
+        Shed {
+            inner,
+            permits: self.permits.clone(),
+        }
     }
 }
 
@@ -68,7 +73,8 @@ where
             }
             Err(_) => {
                 tracing::warn!(path = request.uri().path(), "overloaded: shedding RPC");
-                let status = tonic::Status::unavailable("metal-driver is overloaded; retry shortly");
+                let status =
+                    tonic::Status::unavailable("metal-driver is overloaded; retry shortly");
                 let response = status.into_http::<RB>();
                 Box::pin(async move { Ok(response) })
             }

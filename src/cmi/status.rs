@@ -85,14 +85,32 @@ mod tests {
     #[test]
     fn table_matches_the_design() {
         let cases = [
-            (E::invalid("providerSpec.metro", "required"), Code::InvalidArgument),
+            (
+                E::invalid("providerSpec.metro", "required"),
+                Code::InvalidArgument,
+            ),
             (E::NotFound("gone".into()), Code::NotFound),
             (E::AlreadyExists("x".into()), Code::AlreadyExists),
-            (E::FailedPrecondition("locked".into()), Code::FailedPrecondition),
-            (E::ResourceExhausted("no capacity".into()), Code::ResourceExhausted),
-            (E::Concurrent { machine: "m".into() }, Code::Aborted),
             (
-                E::MultipleDevices { machine: "m".into(), count: 2, ids: "a, b".into() },
+                E::FailedPrecondition("locked".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                E::ResourceExhausted("no capacity".into()),
+                Code::ResourceExhausted,
+            ),
+            (
+                E::Concurrent {
+                    machine: "m".into(),
+                },
+                Code::Aborted,
+            ),
+            (
+                E::MultipleDevices {
+                    machine: "m".into(),
+                    count: 2,
+                    ids: "a, b".into(),
+                },
                 Code::OutOfRange,
             ),
             (E::Deadline("x".into()), Code::DeadlineExceeded),
@@ -103,10 +121,18 @@ mod tests {
             (api(429), Code::Unavailable),
             (api(503), Code::Unavailable),
             (
-                E::Api(metal::Error::Transport { endpoint: "createDevice", reason: "reset".into() }),
+                E::Api(metal::Error::Transport {
+                    endpoint: "createDevice",
+                    reason: "reset".into(),
+                }),
                 Code::Unavailable,
             ),
-            (E::Api(metal::Error::Deadline { endpoint: "createDevice" }), Code::DeadlineExceeded),
+            (
+                E::Api(metal::Error::Deadline {
+                    endpoint: "createDevice",
+                }),
+                Code::DeadlineExceeded,
+            ),
         ];
         for (error, code) in cases {
             assert_eq!(code_for(&error), code, "{error}");
@@ -115,9 +141,16 @@ mod tests {
 
     #[test]
     fn invalid_argument_message_names_the_field() {
-        let s = to_status(&E::invalid("providerSpec.billingCycle", "must be one of hourly, daily"));
+        let s = to_status(&E::invalid(
+            "providerSpec.billingCycle",
+            "must be one of hourly, daily",
+        ));
         assert_eq!(s.code(), Code::InvalidArgument);
-        assert!(s.message().starts_with("providerSpec.billingCycle: "), "{}", s.message());
+        assert!(
+            s.message().starts_with("providerSpec.billingCycle: "),
+            "{}",
+            s.message()
+        );
         assert!(s.details().is_empty());
     }
 }

@@ -13,7 +13,12 @@ pub type Endpoint = &'static str;
 pub enum Error {
     /// The API answered with a non-success status. `message` is the API's own error text.
     #[error("Metal API {endpoint} returned HTTP {status}: {message}")]
-    Status { endpoint: Endpoint, status: u16, message: String, retry_after: Option<Duration> },
+    Status {
+        endpoint: Endpoint,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
 
     /// No HTTP answer: connection refused or reset, TLS failure, or the response was lost.
     /// For a create this is ambiguous: the device may exist.

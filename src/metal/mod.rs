@@ -34,7 +34,10 @@ pub struct Call {
 
 impl Call {
     pub fn new(token: ApiToken) -> Self {
-        Self { token, deadline: None }
+        Self {
+            token,
+            deadline: None,
+        }
     }
 
     pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
@@ -68,7 +71,11 @@ pub trait DeviceApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Device, Error>> + Send;
 
     /// `findDeviceById`: `GET /devices/{id}`.
-    fn get_device(&self, call: &Call, id: Uuid) -> impl Future<Output = Result<Device, Error>> + Send;
+    fn get_device(
+        &self,
+        call: &Call,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Device, Error>> + Send;
 
     /// `findProjectDevices`: `GET /projects/{id}/devices`, every page.
     fn list_project_devices(

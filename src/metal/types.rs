@@ -230,7 +230,9 @@ pub struct Device {
 
 impl Device {
     pub fn has_tag(&self, tag: &str) -> bool {
-        self.tags.as_deref().is_some_and(|tags| tags.iter().any(|t| t == tag))
+        self.tags
+            .as_deref()
+            .is_some_and(|tags| tags.iter().any(|t| t == tag))
     }
 }
 
@@ -366,7 +368,10 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn one(message: impl Into<String>) -> Self {
-        Self { error: None, errors: Some(vec![message.into()]) }
+        Self {
+            error: None,
+            errors: Some(vec![message.into()]),
+        }
     }
 
     /// All messages joined with `; `, whichever shape the body had.

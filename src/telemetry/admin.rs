@@ -72,20 +72,29 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
 
 /// Binds `addr` and serves the side port in the background.
-pub async fn bind(addr: SocketAddr, metrics: Metrics, readiness: Readiness) -> std::io::Result<AdminServer> {
+pub async fn bind(
+    addr: SocketAddr,
+    metrics: Metrics,
+    readiness: Readiness,
+) -> std::io::Result<AdminServer> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let app = router(metrics, readiness);
     let signal = stop.clone();
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app).with_graceful_shutdown(async move { signal.cancelled().await }).await;
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await;
         if let Err(error) = result {
             tracing::error!(%error, "side HTTP port failed");
         }

@@ -22,7 +22,12 @@ pub enum LogFormat {
 pub struct LogArgs {
     /// Log filter in `RUST_LOG` syntax (e.g. `info`, `metal_driver=debug`). RUST_LOG wins
     /// when set.
-    #[arg(long, global = true, env = "METAL_DRIVER_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "METAL_DRIVER_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
 
     /// Log format.
@@ -47,7 +52,13 @@ pub fn init(args: &LogArgs) {
             )
             .try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if result.is_ok() {

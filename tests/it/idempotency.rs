@@ -15,7 +15,11 @@ async fn retried_create_returns_the_same_device() {
         let again = env.create("it-idem", &spec(), &secrets()).await.unwrap();
         assert_eq!(again.provider_id, first.provider_id);
     }
-    assert_eq!(env.api_calls("createDevice"), 1, "one POST for four CreateMachine calls");
+    assert_eq!(
+        env.api_calls("createDevice"),
+        1,
+        "one POST for four CreateMachine calls"
+    );
     assert_eq!(env.live_devices().len(), 1);
     env.stop().await;
 }
@@ -31,11 +35,22 @@ async fn lost_create_response_yields_exactly_one_device() {
         Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
     }
     // Whatever the first call answered, the client's retry finds the committed device.
-    let retry = env.create("it-lost", &spec(), &secrets()).await.expect("retry succeeds");
+    let retry = env
+        .create("it-lost", &spec(), &secrets())
+        .await
+        .expect("retry succeeds");
     let devices = env.live_devices();
-    assert_eq!(devices.len(), 1, "exactly one device after a lost response: {devices:?}");
+    assert_eq!(
+        devices.len(),
+        1,
+        "exactly one device after a lost response: {devices:?}"
+    );
     assert_eq!(devices[0].id, Some(uuid_of(&retry.provider_id)));
-    assert_eq!(env.sim.stats().faults.get("drop").copied().unwrap_or(0), 1, "the fault really fired");
+    assert_eq!(
+        env.sim.stats().faults.get("drop").copied().unwrap_or(0),
+        1,
+        "the fault really fired"
+    );
     env.stop().await;
 }
 
@@ -45,13 +60,19 @@ async fn concurrent_creates_for_one_machine_make_one_device() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let env = env.clone();
-        tasks.push(tokio::spawn(async move { env.create("it-race", &spec(), &secrets()).await }));
+        tasks.push(tokio::spawn(async move {
+            env.create("it-race", &spec(), &secrets()).await
+        }));
     }
     let mut ok_ids = Vec::new();
     for t in tasks {
         match t.await.unwrap() {
             Ok(r) => ok_ids.push(r.provider_id),
-            Err(s) => assert_eq!(s.code(), Code::Aborted, "concurrent calls are refused as Aborted: {s:?}"),
+            Err(s) => assert_eq!(
+                s.code(),
+                Code::Aborted,
+                "concurrent calls are refused as Aborted: {s:?}"
+            ),
         }
     }
     assert!(!ok_ids.is_empty(), "at least one call creates the machine");
@@ -68,11 +89,23 @@ async fn failed_device_is_replaced() {
     let env = Env::with(args, |_| {}).await;
     let first = env.create("it-failed", &spec(), &secrets()).await.unwrap();
     // Provisioning is instant in tests, so the device is already `failed`.
-    let failed = env.sim.devices().into_iter().find(|d| d.id == Some(uuid_of(&first.provider_id))).unwrap();
+    let failed = env
+        .sim
+        .devices()
+        .into_iter()
+        .find(|d| d.id == Some(uuid_of(&first.provider_id)))
+        .unwrap();
     assert_eq!(failed.state, Some(metal_driver::metal::DeviceState::Failed));
     let second = env.create("it-failed", &spec(), &secrets()).await.unwrap();
-    assert_ne!(second.provider_id, first.provider_id, "a failed device is replaced, not adopted");
-    let live: Vec<_> = env.live_devices().into_iter().filter(|d| d.id == Some(uuid_of(&first.provider_id))).collect();
+    assert_ne!(
+        second.provider_id, first.provider_id,
+        "a failed device is replaced, not adopted"
+    );
+    let live: Vec<_> = env
+        .live_devices()
+        .into_iter()
+        .filter(|d| d.id == Some(uuid_of(&first.provider_id)))
+        .collect();
     assert!(live.is_empty(), "the failed device is being deleted");
     env.stop().await;
 }

@@ -5,9 +5,13 @@ mod support;
 
 mod errors;
 mod idempotency;
+mod leak_matrix;
+mod limits;
 mod pagination;
+mod process;
 mod redaction;
 mod retries;
 mod rpc;
 mod shutdown;
+mod sigterm;
 mod tls;

@@ -1,9 +1,6 @@
 //! ListMachines sees every device, on every page, and nothing of another cluster.
 
-use metal_driver::{
-    metal::DeviceCreateInput,
-    sim::SimArgs,
-};
+use metal_driver::{metal::DeviceCreateInput, sim::SimArgs};
 
 use crate::support::{CLUSTER_TAG, Env, PROJECT, ROLE_TAG, secrets, spec};
 
@@ -27,14 +24,24 @@ async fn list_machines_pages_through_thousands_of_devices() {
     let project = PROJECT.parse().unwrap();
     let ours = 1_300;
     for i in 0..ours {
-        env.sim.create_device_direct(project, device(format!("ours-{i:04}"), vec![CLUSTER_TAG.into(), ROLE_TAG.into()]));
         env.sim.create_device_direct(
             project,
-            device(format!("theirs-{i:04}"), vec!["kubernetes.io/cluster/shoot--other".into(), ROLE_TAG.into()]),
+            device(
+                format!("ours-{i:04}"),
+                vec![CLUSTER_TAG.into(), ROLE_TAG.into()],
+            ),
+        );
+        env.sim.create_device_direct(
+            project,
+            device(
+                format!("theirs-{i:04}"),
+                vec!["kubernetes.io/cluster/shoot--other".into(), ROLE_TAG.into()],
+            ),
         );
     }
     // Made by another tool with our cluster tag but without a role tag: not a node of ours.
-    env.sim.create_device_direct(project, device("bastion".into(), vec![CLUSTER_TAG.into()]));
+    env.sim
+        .create_device_direct(project, device("bastion".into(), vec![CLUSTER_TAG.into()]));
     assert_eq!(env.sim.devices().len(), 2 * ours + 1);
 
     let list = env.list(&spec(), &secrets()).await.expect("list");

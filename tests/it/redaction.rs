@@ -38,8 +38,18 @@ fn capture() -> Capture {
             let (text, json) = (c.clone(), c.clone());
             tracing_subscriber::registry()
                 .with(EnvFilter::new("trace,h2=info,hyper=info,tower=info"))
-                .with(fmt::layer().with_writer(move || text.clone()).with_ansi(false))
-                .with(fmt::layer().json().with_current_span(true).with_span_list(true).with_writer(move || json.clone()))
+                .with(
+                    fmt::layer()
+                        .with_writer(move || text.clone())
+                        .with_ansi(false),
+                )
+                .with(
+                    fmt::layer()
+                        .json()
+                        .with_current_span(true)
+                        .with_span_list(true)
+                        .with_writer(move || json.clone()),
+                )
                 .init();
             c
         })
@@ -58,21 +68,51 @@ async fn no_secret_in_any_log_line_or_error() {
 
     let mut messages = Vec::new();
     let created = env.create("it-redact", &s, &secrets).await.expect("create");
-    let _ = env.create("it-redact", &s, &secrets).await.expect("idempotent create");
-    env.status("it-redact", &created.provider_id, &s, &secrets).await.expect("status");
+    let _ = env
+        .create("it-redact", &s, &secrets)
+        .await
+        .expect("idempotent create");
+    env.status("it-redact", &created.provider_id, &s, &secrets)
+        .await
+        .expect("status");
     env.list(&s, &secrets).await.expect("list");
     env.sim.inject("findDeviceById", Fault::ServerError, 10);
-    messages.push(env.status("it-redact", &created.provider_id, &s, &secrets).await.unwrap_err().message().to_owned());
+    messages.push(
+        env.status("it-redact", &created.provider_id, &s, &secrets)
+            .await
+            .unwrap_err()
+            .message()
+            .to_owned(),
+    );
     env.sim.inject("createDevice", Fault::Drop, 1);
-    let _ = env.create("it-redact-2", &s, &secrets).await.map_err(|e| messages.push(e.message().to_owned()));
+    let _ = env
+        .create("it-redact-2", &s, &secrets)
+        .await
+        .map_err(|e| messages.push(e.message().to_owned()));
     // Error paths: a wrong token, a bad spec, a 422 from the API.
     let wrong = crate::support::secrets_with("tok-WRONG-LEAKCHECK", USER_DATA);
-    messages.push(env.create("it-redact-3", &s, &wrong).await.unwrap_err().message().to_owned());
+    messages.push(
+        env.create("it-redact-3", &s, &wrong)
+            .await
+            .unwrap_err()
+            .message()
+            .to_owned(),
+    );
     let mut bad = s.clone();
     bad["OS"] = json!("no_such_os");
-    messages.push(env.create("it-redact-4", &bad, &secrets).await.unwrap_err().message().to_owned());
-    env.shutdown_machine("it-redact", &created.provider_id, &s, &secrets).await.expect("shutdown");
-    env.delete("it-redact", &created.provider_id, &s, &secrets).await.expect("delete");
+    messages.push(
+        env.create("it-redact-4", &bad, &secrets)
+            .await
+            .unwrap_err()
+            .message()
+            .to_owned(),
+    );
+    env.shutdown_machine("it-redact", &created.provider_id, &s, &secrets)
+        .await
+        .expect("shutdown");
+    env.delete("it-redact", &created.provider_id, &s, &secrets)
+        .await
+        .expect("delete");
 
     let root_passwords: Vec<String> = env
         .sim
@@ -84,14 +124,26 @@ async fn no_secret_in_any_log_line_or_error() {
     env.stop().await;
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(text.contains("it-redact"), "the capture really saw this test's logs");
+    assert!(
+        text.contains("it-redact"),
+        "the capture really saw this test's logs"
+    );
     let mut needles = vec![TOKEN, "tok-WRONG-LEAKCHECK", "USERDATA-LEAKCHECK", CUSTOM];
     needles.extend(root_passwords.iter().map(String::as_str));
     for needle in needles {
-        assert!(!text.contains(needle), "a secret reached the logs: {needle}");
-        assert!(!metrics.contains(needle), "a secret reached the metrics: {needle}");
+        assert!(
+            !text.contains(needle),
+            "a secret reached the logs: {needle}"
+        );
+        assert!(
+            !metrics.contains(needle),
+            "a secret reached the metrics: {needle}"
+        );
         for m in &messages {
-            assert!(!m.contains(needle), "a secret reached an error message: {m}");
+            assert!(
+                !m.contains(needle),
+                "a secret reached an error message: {m}"
+            );
         }
     }
 }

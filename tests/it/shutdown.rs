@@ -28,13 +28,23 @@ async fn in_flight_calls_finish_after_shutdown_begins() {
         let crate::support::Parts { sim, server, stop } = env.into_parts();
         stop.cancel();
         let finished = in_flight.await.unwrap();
-        let created = finished.expect("the in-flight create completes during the drain").into_inner();
+        let created = finished
+            .expect("the in-flight create completes during the drain")
+            .into_inner();
         server.wait().await.expect("clean stop");
         let devices = sim.devices();
-        assert!(devices.iter().any(|d| d.id == Some(crate::support::uuid_of(&created.provider_id))));
+        assert!(
+            devices
+                .iter()
+                .any(|d| d.id == Some(crate::support::uuid_of(&created.provider_id)))
+        );
         sim.shutdown().await;
         devices
     };
     assert_eq!(devices_before, 0);
-    assert_eq!(sim_devices.len(), 1, "exactly the one device, findable by the next CreateMachine");
+    assert_eq!(
+        sim_devices.len(),
+        1,
+        "exactly the one device, findable by the next CreateMachine"
+    );
 }

@@ -8,8 +8,9 @@ use metal_driver::{
         client::CmiClient,
         server::{Running, ServerConfig, start},
         v1::{
-            CreateMachineRequest, CreateMachineResponse, DeleteMachineRequest, GetMachineStatusRequest,
-            GetMachineStatusResponse, ListMachinesRequest, ShutDownMachineRequest,
+            CreateMachineRequest, CreateMachineResponse, DeleteMachineRequest,
+            GetMachineStatusRequest, GetMachineStatusResponse, ListMachinesRequest,
+            ShutDownMachineRequest,
         },
     },
     metal::client::{ClientConfig, MetalClient},
@@ -55,18 +56,33 @@ impl Env {
         let client = MetalClient::new(config, Some(metrics.metal.clone())).expect("client builds");
         let provider = Arc::new(Provider::new(client, ProviderConfig::default()));
         let stop = CancellationToken::new();
-        let server = start(ServerConfig::loopback(), provider, metrics.clone(), stop.clone())
-            .await
-            .expect("driver starts");
+        let server = start(
+            ServerConfig::loopback(),
+            provider,
+            metrics.clone(),
+            stop.clone(),
+        )
+        .await
+        .expect("driver starts");
         let cmi = CmiClient::connect(&server.endpoint.to_string(), Duration::from_secs(60))
             .await
             .expect("client connects");
-        Self { sim, server, cmi, metrics, stop }
+        Self {
+            sim,
+            server,
+            cmi,
+            metrics,
+            stop,
+        }
     }
 
     /// Splits the environment for tests that drive shutdown themselves.
     pub fn into_parts(self) -> Parts {
-        Parts { sim: self.sim, server: self.server, stop: self.stop }
+        Parts {
+            sim: self.sim,
+            server: self.server,
+            stop: self.stop,
+        }
     }
 
     pub async fn stop(self) {
@@ -85,10 +101,20 @@ impl Env {
     }
 
     pub fn api_calls(&self, operation: &str) -> u64 {
-        self.sim.stats().requests.get(operation).copied().unwrap_or(0)
+        self.sim
+            .stats()
+            .requests
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
     }
 
-    pub async fn create(&self, name: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<CreateMachineResponse, Status> {
+    pub async fn create(
+        &self,
+        name: &str,
+        spec: &Value,
+        secrets: &HashMap<String, Vec<u8>>,
+    ) -> Result<CreateMachineResponse, Status> {
         self.cmi
             .machine
             .clone()
@@ -102,7 +128,12 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
-    pub async fn create_raw(&self, name: &str, spec: Vec<u8>, secrets: &HashMap<String, Vec<u8>>) -> Result<CreateMachineResponse, Status> {
+    pub async fn create_raw(
+        &self,
+        name: &str,
+        spec: Vec<u8>,
+        secrets: &HashMap<String, Vec<u8>>,
+    ) -> Result<CreateMachineResponse, Status> {
         self.cmi
             .machine
             .clone()
@@ -116,7 +147,13 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
-    pub async fn status(&self, name: &str, provider_id: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<GetMachineStatusResponse, Status> {
+    pub async fn status(
+        &self,
+        name: &str,
+        provider_id: &str,
+        spec: &Value,
+        secrets: &HashMap<String, Vec<u8>>,
+    ) -> Result<GetMachineStatusResponse, Status> {
         self.cmi
             .machine
             .clone()
@@ -130,7 +167,13 @@ impl Env {
             .map(|r| r.into_inner())
     }
 
-    pub async fn delete(&self, name: &str, provider_id: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<(), Status> {
+    pub async fn delete(
+        &self,
+        name: &str,
+        provider_id: &str,
+        spec: &Value,
+        secrets: &HashMap<String, Vec<u8>>,
+    ) -> Result<(), Status> {
         self.cmi
             .machine
             .clone()
@@ -145,7 +188,13 @@ impl Env {
             .map(|_| ())
     }
 
-    pub async fn shutdown_machine(&self, name: &str, provider_id: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<(), Status> {
+    pub async fn shutdown_machine(
+        &self,
+        name: &str,
+        provider_id: &str,
+        spec: &Value,
+        secrets: &HashMap<String, Vec<u8>>,
+    ) -> Result<(), Status> {
         self.cmi
             .machine
             .clone()
@@ -160,7 +209,11 @@ impl Env {
             .map(|_| ())
     }
 
-    pub async fn list(&self, spec: &Value, secrets: &HashMap<String, Vec<u8>>) -> Result<HashMap<String, String>, Status> {
+    pub async fn list(
+        &self,
+        spec: &Value,
+        secrets: &HashMap<String, Vec<u8>>,
+    ) -> Result<HashMap<String, String>, Status> {
         self.cmi
             .machine
             .clone()
