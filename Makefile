@@ -24,7 +24,7 @@ demo: ## the main job: create → status → list → shutdown → delete on the
 	$(CARGO) run --quiet --bin metal-driver -- demo
 
 .PHONY: start
-start: build ## run the driver against a local simulator (Ctrl-C stops both)
+start: build ## driver + controller against CONTROL_KUBECONFIG/TARGET_KUBECONFIG/CONTROL_NAMESPACE (default: make e2e-up's cluster and a local sim)
 	hack/start.sh
 
 .PHONY: test
@@ -93,3 +93,16 @@ image-test: ## start the binary from target/image-rootfs (read-only, uid 65532, 
 .PHONY: manifests
 manifests: ## apply every kubernetes/ manifest with server-side dry-run to a real kube-apiserver
 	hack/manifests-check.sh
+
+# --- machine controller end to end (real kube-apiserver + etcd + MCM; see hack/e2e-env.sh) --
+.PHONY: e2e
+e2e: ## controller e2e tests a-e: environment up, tests/e2e_controller.rs, environment down
+	hack/e2e.sh
+
+.PHONY: e2e-up
+e2e-up: ## start the local Kubernetes environment (etcd, kube-apiserver, MCM CRDs, MCM); prints exports
+	E2E_WITH_MCM=1 hack/e2e-env.sh up
+
+.PHONY: e2e-down
+e2e-down: ## stop the local Kubernetes environment and delete its state
+	hack/e2e-env.sh down
