@@ -12,7 +12,8 @@ One adjustment, and why: the spec has no device example, so the mock's device wo
 class's cluster (design §5: FAILED_PRECONDITION "lacks the tag kubernetes.io/cluster/…").
 The mock is therefore started on the bundled spec plus one `example` for `Device.tags`
 (our cluster's tags). Examples play no part in validation; `test_overlay_only_adds_an_example`
-proves that nothing else differs.
+proves that nothing else differs. (An `example` on `Device.state` is ignored by Prism's
+sampler, which takes the first enum value, so the device is always `queued`.)
 
 Known limit of the mock that the assertions respect: the example `meta` has
 `next: {href: "string"}` and `current_page = last_page = 0`; a client that follows
@@ -98,18 +99,32 @@ def test_list_decodes_and_terminates(mock_stack, example_device):
     got = dict(mock_stack.client.list(SPEC_FOR_MOCK).MachineList)
     pid = PROVIDER_ID_PREFIX + example_device["id"]
     # The example device carries our cluster tags: it is listed, as hostname "string"
-    # (unless the driver skips it for its state; queued is not a state to skip).
+    # (queued is not a state the driver skips).
     assert got == {pid: example_device["hostname"]}, got
     pages = [e for e in mock_stack.tap.since(mark) if e.method == "GET" and e.route.startswith("/projects/")]
     assert 1 <= len(pages) < 50, f"{len(pages)} list requests against a one-page mock"
 
 
-def test_shutdown_succeeds(mock_stack, example_device):
+def test_shutdown_of_queued_device(mock_stack, example_device):
+    """The mock's device is always `queued`. Either the driver sends power_off (a request
+    Prism validates, 202 from the mock) or it refuses a not-yet-active device with
+    FAILED_PRECONDITION naming the state and sends no action (its current policy). The
+    happy path on an active device is in test_machine's lifecycle test."""
+    assert example_device["state"] == "queued"
     pid = PROVIDER_ID_PREFIX + example_device["id"]
     mark = mock_stack.tap.mark()
-    mock_stack.client.shutdown("mock-create", SPEC_FOR_MOCK, pid)
-    acts = [e for e in mock_stack.tap.since(mark) if e.method == "POST" and e.route == f"/devices/{example_device['id']}/actions"]
-    assert acts and acts[-1].status == 202, [e.describe() for e in mock_stack.tap.since(mark)]
+    try:
+        mock_stack.client.shutdown("mock-create", SPEC_FOR_MOCK, pid)
+        refused = None
+    except grpc.RpcError as e:
+        refused = e
+    acts = [e for e in mock_stack.tap.since(mark) if e.route == f"/devices/{example_device['id']}/actions"]
+    if refused is None:
+        assert acts and acts[-1].status == 202 and acts[-1].request_json == {"type": "power_off"}, [e.describe() for e in acts]
+    else:
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, f"{refused.code()} {refused.details()}"
+        assert "queued" in (refused.details() or ""), refused.details()
+        assert not acts, [e.describe() for e in acts]
 
 
 def test_delete_of_locked_device(mock_stack, example_device):
