@@ -162,6 +162,18 @@ async fn drive(
 ) -> Result<(), DemoError> {
     let spec = demo_provider_spec();
     let secrets = demo_secrets();
+    let create_request = || CreateMachineRequest {
+        machine_name: name.to_owned(),
+        provider_spec: spec.clone(),
+        secrets: secrets.clone(),
+        last_known_state: Vec::new(),
+    };
+    let status_request = |provider_id: &str| GetMachineStatusRequest {
+        machine_name: name.to_owned(),
+        provider_spec: spec.clone(),
+        secrets: secrets.clone(),
+        provider_id: provider_id.to_owned(),
+    };
 
     let t = Instant::now();
     let info = cmi
@@ -199,12 +211,7 @@ async fn drive(
     let created = cmi
         .machine
         .clone()
-        .create_machine(cmi.request(CreateMachineRequest {
-            machine_name: name.to_owned(),
-            provider_spec: spec.clone(),
-            secrets: secrets.clone(),
-            last_known_state: Vec::new(),
-        }))
+        .create_machine(cmi.request(create_request()))
         .await
         .map_err(|s| fail("CreateMachine", s))?
         .into_inner();
@@ -221,12 +228,7 @@ async fn drive(
     let again = cmi
         .machine
         .clone()
-        .create_machine(cmi.request(CreateMachineRequest {
-            machine_name: name.to_owned(),
-            provider_spec: spec.clone(),
-            secrets: secrets.clone(),
-            last_known_state: Vec::new(),
-        }))
+        .create_machine(cmi.request(create_request()))
         .await
         .map_err(|s| fail("CreateMachine (retry)", s))?
         .into_inner();
@@ -249,12 +251,7 @@ async fn drive(
         let status = cmi
             .machine
             .clone()
-            .get_machine_status(cmi.request(GetMachineStatusRequest {
-                machine_name: name.to_owned(),
-                provider_spec: spec.clone(),
-                secrets: secrets.clone(),
-                provider_id: created.provider_id.clone(),
-            }))
+            .get_machine_status(cmi.request(status_request(&created.provider_id)))
             .await
             .map_err(|s| fail("GetMachineStatus", s))?
             .into_inner();
@@ -357,12 +354,7 @@ async fn drive(
         let result = cmi
             .machine
             .clone()
-            .get_machine_status(cmi.request(GetMachineStatusRequest {
-                machine_name: name.to_owned(),
-                provider_spec: spec.clone(),
-                secrets: secrets.clone(),
-                provider_id: created.provider_id.clone(),
-            }))
+            .get_machine_status(cmi.request(status_request(&created.provider_id)))
             .await;
         match result {
             Err(status) if status.code() == Code::NotFound => {

@@ -22,6 +22,19 @@ use crate::{
 
 const SERVICE: &str = "cmi.v1.Machine";
 
+/// Moves the fields every per-machine request shares into the provider's request type.
+macro_rules! machine_request {
+    ($msg:expr, $deadline:expr, provider_id: $pid:expr) => {
+        MachineRequest {
+            machine_name: $msg.machine_name,
+            provider_spec: $msg.provider_spec,
+            secrets: $msg.secrets,
+            provider_id: $pid,
+            deadline: $deadline,
+        }
+    };
+}
+
 pub struct MachineService<A> {
     provider: Arc<Provider<A>>,
     metrics: Metrics,
@@ -45,13 +58,7 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         observed(&self.metrics, SERVICE, "CreateMachine", &name, async {
             let info = self
                 .provider
-                .create_machine(MachineRequest {
-                    machine_name: r.machine_name,
-                    provider_spec: r.provider_spec,
-                    secrets: r.secrets,
-                    provider_id: String::new(),
-                    deadline,
-                })
+                .create_machine(machine_request!(r, deadline, provider_id: String::new()))
                 .await?;
             Ok(Response::new(CreateMachineResponse {
                 provider_id: info.provider_id,
@@ -71,13 +78,7 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         let name = r.machine_name.clone();
         observed(&self.metrics, SERVICE, "DeleteMachine", &name, async {
             self.provider
-                .delete_machine(MachineRequest {
-                    machine_name: r.machine_name,
-                    provider_spec: r.provider_spec,
-                    secrets: r.secrets,
-                    provider_id: r.provider_id,
-                    deadline,
-                })
+                .delete_machine(machine_request!(r, deadline, provider_id: r.provider_id))
                 .await?;
             Ok(Response::new(DeleteMachineResponse {
                 last_known_state: Vec::new(),
@@ -96,13 +97,7 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         observed(&self.metrics, SERVICE, "GetMachineStatus", &name, async {
             let info = self
                 .provider
-                .get_machine_status(MachineRequest {
-                    machine_name: r.machine_name,
-                    provider_spec: r.provider_spec,
-                    secrets: r.secrets,
-                    provider_id: r.provider_id,
-                    deadline,
-                })
+                .get_machine_status(machine_request!(r, deadline, provider_id: r.provider_id))
                 .await?;
             Ok(Response::new(GetMachineStatusResponse {
                 provider_id: info.provider_id,
@@ -143,13 +138,7 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         let name = r.machine_name.clone();
         observed(&self.metrics, SERVICE, "ShutDownMachine", &name, async {
             self.provider
-                .shutdown_machine(MachineRequest {
-                    machine_name: r.machine_name,
-                    provider_spec: r.provider_spec,
-                    secrets: r.secrets,
-                    provider_id: r.provider_id,
-                    deadline,
-                })
+                .shutdown_machine(machine_request!(r, deadline, provider_id: r.provider_id))
                 .await?;
             Ok(Response::new(ShutDownMachineResponse {
                 last_known_state: Vec::new(),
