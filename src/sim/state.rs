@@ -565,7 +565,9 @@ impl Inner {
                 }
                 Effect::Failed => tracing::debug!(device_id = %id, "device failed"),
                 Effect::Gone => {
-                    let rec = devices.remove(&id).expect("present: checked above");
+                    let Some(rec) = devices.remove(&id) else {
+                        continue;
+                    };
                     order.remove(&rec.seq);
                     if let Some(key) = &rec.capacity_key
                         && let Some(c) = capacity.get_mut(key)

@@ -1071,3 +1071,19 @@ async fn scripted_faults_fire_in_order_for_one_operation_only() {
     assert_eq!(s.requests["createDevice"], 4);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn http2_prior_knowledge_is_served_too() {
+    let sim = spawn(SimArgs::for_tests()).await.unwrap();
+    let api = Api {
+        http: reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap(),
+        ..Api::new(&sim)
+    };
+    let r = api.create(body("h2")).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(api.list("").await.devices.len(), 1);
+    sim.shutdown().await;
+}
