@@ -736,6 +736,17 @@ fn scrub_list(creds: &Credentials, spec: &ProviderSpec) -> Vec<String> {
         out.push(cd.expose().to_string());
         collect_strings(cd.expose(), &mut out);
     }
+    // An API that echoes the JSON request body shows each string JSON-escaped (`\"`, `\n`):
+    // scrub that form too.
+    let escaped: Vec<String> = out
+        .iter()
+        .filter_map(|s| {
+            let json = serde_json::to_string(s).ok()?;
+            let inner = json.get(1..json.len().saturating_sub(1))?;
+            (inner != s).then(|| inner.to_owned())
+        })
+        .collect();
+    out.extend(escaped);
     out.retain(|s| s.len() >= MIN_SCRUB_LEN);
     // Longest first, so a line inside the whole userData does not break its replacement.
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));

@@ -329,9 +329,10 @@ async fn no_secret_at_any_level_or_format_on_any_path() {
             ];
             needles.extend(root_passwords.iter().map(String::as_str));
             for needle in &needles {
+                let line = logs.lines().find(|l| l.contains(needle)).unwrap_or_default();
                 assert!(
                     !logs.contains(needle),
-                    "{level}/{format}: a secret reached the logs: {needle}"
+                    "{level}/{format}: a secret reached the logs: {needle} in\n{line}"
                 );
                 assert!(
                     !metrics.contains(needle),
