@@ -141,7 +141,7 @@ def test_status_errors_are_not_reported_as_not_found(lossy_stack, cluster):
     spec = provider_spec(cluster)
     name = f"{cluster}-s"
     r = _until_ok(lambda: c.create(name, spec), "CreateMachine")
-    for _ in range(25):
+    for _ in range(15):
         try:
             assert c.status(name, spec, r.ProviderID).ProviderID == r.ProviderID
         except grpc.RpcError as e:
