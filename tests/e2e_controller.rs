@@ -173,6 +173,7 @@ struct Opts {
     latency_ms: u64,
     orphan_period: &'static str,
     with_mcm: bool,
+    controller_flags: Vec<&'static str>,
 }
 
 impl Default for Opts {
@@ -182,6 +183,7 @@ impl Default for Opts {
             latency_ms: 0,
             orphan_period: "15m",
             with_mcm: false,
+            controller_flags: Vec::new(),
         }
     }
 }
@@ -230,7 +232,7 @@ impl Stack {
             &logs,
         )
         .await;
-        let controller_args = vec![
+        let mut controller_args = vec![
             s("controller"),
             format!("--control-kubeconfig={kubeconfig}"),
             format!("--target-kubeconfig={kubeconfig}"),
@@ -244,6 +246,7 @@ impl Stack {
             s("--leader-elect-renew-deadline=2s"),
             s("--leader-elect-retry-period=500ms"),
         ];
+        controller_args.extend(opts.controller_flags.iter().map(|f| s(f)));
         let mut stack = Stack {
             ns: ns.to_owned(),
             kubeconfig: kubeconfig.to_owned(),
@@ -685,6 +688,24 @@ async fn a_machine_lifecycle_from_samples() {
                 c.finalizers().iter().any(|f| f == MACHINE_FINALIZER),
                 "class finalizer while referenced"
             );
+            let metrics_url = format!(
+                "{}/metrics",
+                stack.controller.as_ref().expect("controller").url
+            );
+            let metrics = stack
+                .http
+                .get(&metrics_url)
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            assert!(
+                metrics
+                    .contains("metal_driver_controller_reconciles_total{controller=\"machine\"}"),
+                "controller metrics missing from /metrics"
+            );
 
             let t = Instant::now();
             machines
@@ -988,6 +1009,51 @@ async fn e_bad_provider_spec_crash_loops() {
             "e: deletion completed {:.1}s after the class was fixed",
             t.elapsed().as_secs_f64()
         );
+        stack
+    })
+    .await;
+}
+
+/// f) Health from Node conditions: Running → (Node NotReady) Unknown → (health timeout)
+/// Failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn f_node_health_drives_phases() {
+    let opts = Opts {
+        controller_flags: vec!["--machine-health-timeout=4s"],
+        ..Opts::default()
+    };
+    with_temp_ns("f", opts, |stack| async move {
+        let client = stack.client.clone();
+        let ns = stack.ns.clone();
+        apply_class_and_secret(&client, &ns).await;
+        let name = format!("{ns}-m1");
+        apply_sample(&client, &ns, "machine.yaml", |m| m["metadata"]["name"] = json!(name)).await;
+        let machines = stack.machines();
+        let phase_is = |want: &'static str| {
+            let machines = machines.clone();
+            let name = name.clone();
+            move || {
+                let (machines, name) = (machines.clone(), name.clone());
+                async move { machines.get(&name).await.ok().filter(|m| m.phase() == want) }
+            }
+        };
+        eventually("Running", Duration::from_secs(60), phase_is("Running")).await;
+        // The "kubelet" reports NotReady (the sim's registrar only refreshes every 10 s).
+        let nodes: Api<Node> = Api::all(client.clone());
+        let not_ready = json!({"status": {"conditions": [{
+            "type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "e2e",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"
+        }]}});
+        nodes.patch_status(&name, &PatchParams::default(), &Patch::Strategic(not_ready)).await.expect("NotReady");
+        let t = Instant::now();
+        let unknown = eventually("Unknown", Duration::from_secs(30), phase_is("Unknown")).await;
+        let lo = unknown.status.as_ref().and_then(|s| s.last_operation.clone()).expect("lastOperation");
+        assert_eq!(lo.type_, "HealthCheck");
+        let failed = eventually("Failed after the health timeout", Duration::from_secs(30), phase_is("Failed")).await;
+        let lo = failed.status.as_ref().and_then(|s| s.last_operation.clone()).expect("lastOperation");
+        assert_eq!((lo.type_.as_str(), lo.state.as_str()), ("HealthCheck", "Failed"));
+        eprintln!("f: Running → Unknown → Failed in {:.1}s (health timeout 4s)", t.elapsed().as_secs_f64());
         stack
     })
     .await;
