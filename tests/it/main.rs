@@ -3,6 +3,7 @@
 
 mod support;
 
+mod decoders;
 mod errors;
 mod idempotency;
 mod leak_matrix;
