@@ -106,3 +106,7 @@ e2e-up: ## start the local Kubernetes environment (etcd, kube-apiserver, MCM CRD
 .PHONY: e2e-down
 e2e-down: ## stop the local Kubernetes environment and delete its state
 	hack/e2e-env.sh down
+
+.PHONY: fuzz
+fuzz: ## fuzz every input decoder (FUZZ_SECONDS per target, default 120; needs cargo-fuzz; see hack/fuzz.sh)
+	hack/fuzz.sh $(FUZZ_SECONDS)
