@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Issue 5, item 7 (and the `controller` half of item 6): the machine controller at scale on a
+# real kube-apiserver + etcd + Gardener's machine-controller-manager (hack/e2e-env.sh), with
+# `metal-driver sim` (provisioning REPLICAS devices, registering their Nodes), `serve` and
+# `controller` from the release binary.
+#
+#   benches/controller-scale.sh            # REPLICAS=200, PROVISION_SECONDS=1
+#
+# Measures: time for a MachineDeployment of REPLICAS from 0 to all Machines Running, Metal API
+# requests (from the sim's /_sim/stats), controller and driver peak RSS and CPU seconds, and the
+# controller's idle RSS once it watches REPLICAS Running Machines. Writes Markdown to
+# $BENCH_OUT/controller-scale.md. Bounded by SCALE_TIMEOUT seconds; everything it started is
+# stopped on exit (and the environment brought down).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPLICAS="${REPLICAS:-200}"
+PROVISION_SECONDS="${PROVISION_SECONDS:-1}"
+SCALE_TIMEOUT="${SCALE_TIMEOUT:-900}"
+IDLE_SECONDS="${IDLE_SECONDS:-20}"
+BIN="${METAL_DRIVER_BIN:-$ROOT/target/release/metal-driver}"
+OUT="${BENCH_OUT:-$ROOT/target/bench}"
+LOGS="$OUT/logs/controller-scale"
+export METAL_DRIVER_STATE="${METAL_DRIVER_STATE:-/tmp/metal-driver-bench-e2e}"
+export E2E_NAMESPACE="${E2E_NAMESPACE:-bench}"
+export E2E_WITH_MCM=1
+NS="$E2E_NAMESPACE"
+ENV_SH="$ROOT/hack/e2e-env.sh"
+NAME=shoot--bench--scale-worker
+CLK_TCK="$(getconf CLK_TCK)"
+
+log() { echo "controller-scale: $*" >&2; }
+[[ -x "$BIN" ]] || { log "build the release binary first: cargo build --release --bin metal-driver"; exit 2; }
+mkdir -p "$LOGS"
+
+PIDS=()
+finish() {
+  local rc=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  "$ENV_SH" down >/dev/null 2>&1 || true
+  exit "$rc"
+}
+trap finish EXIT
+
+# start NAME ARGS...: runs $BIN ARGS in the background; sets LAST_PID and (when it prints one)
+# LAST_URL from its `listening on` line.
+start() {
+  local name="$1"
+  shift
+  "$BIN" "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.log" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  LAST_URL=""
+  for _ in $(seq 1 100); do
+    LAST_URL="$(sed -n 's/^listening on //p' "$LOGS/$name.out" | head -1)"
+    [[ -n "$LAST_URL" ]] && return 0
+    kill -0 "$LAST_PID" 2>/dev/null || { log "$name exited; see $LOGS/$name.log"; exit 1; }
+    sleep 0.1
+  done
+}
+kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_s() { awk -v t="$CLK_TCK" '{ split($0, a, ") "); split(a[2], f, " "); printf "%.2f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+log "bringing up etcd + kube-apiserver + MCM (hack/e2e-env.sh, state $METAL_DRIVER_STATE)"
+"$ENV_SH" down >/dev/null 2>&1 || true
+eval "$("$ENV_SH" up)"
+k() { "$METAL_DRIVER_E2E_KUBECTL" "$@"; }
+
+start sim sim --listen 127.0.0.1:0 --provision-seconds "$PROVISION_SECONDS" --deprovision-seconds 0.5 \
+  --register-nodes-kubeconfig "$KUBECONFIG"
+SIM_URL="$LAST_URL"
+start serve serve --endpoint tcp://127.0.0.1:0 --metal-api-url "$SIM_URL" --http-addr 127.0.0.1:0
+SERVE_PID="$LAST_PID" CMI="$LAST_URL"
+"$BIN" controller --control-kubeconfig "$KUBECONFIG" --target-kubeconfig "$KUBECONFIG" --namespace "$NS" \
+  --cmi-endpoint "$CMI" --address 127.0.0.1 --port 0 >"$LOGS/controller.out" 2>"$LOGS/controller.log" &
+CTRL_PID=$!
+PIDS+=("$CTRL_PID")
+sleep 2
+kill -0 "$CTRL_PID" || { log "controller exited; see $LOGS/controller.log"; exit 1; }
+log "sim $SIM_URL, driver $CMI, controller pid $CTRL_PID; idle RSS before any Machine: $(mib "$(kb "$CTRL_PID" VmRSS)") MiB"
+CTRL_RSS_EMPTY="$(kb "$CTRL_PID" VmRSS)"
+
+k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Secret
+metadata: {name: $NAME, namespace: $NS}
+type: Opaque
+stringData: {apiToken: sim-token, userData: "#cloud-config"}
+---
+apiVersion: machine.sapcloud.io/v1alpha1
+kind: MachineClass
+metadata: {name: $NAME, namespace: $NS}
+provider: EquinixMetal
+providerSpec:
+  projectID: 5d1ef2a4-0000-4000-8000-000000000001
+  metro: sv
+  machineType: c3.small.x86
+  OS: ubuntu_22_04
+  billingCycle: hourly
+  tags: [kubernetes.io/cluster/shoot--bench--scale, kubernetes.io/role/node]
+secretRef: {name: $NAME, namespace: $NS}
+credentialsSecretRef: {name: $NAME, namespace: $NS}
+EOF
+CPU0_CTRL="$(cpu_s "$CTRL_PID")" CPU0_SERVE="$(cpu_s "$SERVE_PID")"
+T0=$(date +%s.%N)
+k apply -f - >/dev/null <<EOF
+apiVersion: machine.sapcloud.io/v1alpha1
+kind: MachineDeployment
+metadata: {name: $NAME, namespace: $NS}
+spec:
+  replicas: $REPLICAS
+  minReadySeconds: 0
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  selector: {matchLabels: {name: $NAME}}
+  template:
+    metadata: {labels: {name: $NAME}}
+    spec: {class: {kind: MachineClass, name: $NAME}}
+EOF
+log "MachineDeployment $NAME: 0 → $REPLICAS"
+running=0
+while :; do
+  running="$(k get machines -n "$NS" -o jsonpath='{range .items[*]}{.status.currentStatus.phase}{"\n"}{end}' | grep -c '^Running$' || true)"
+  now=$(date +%s.%N)
+  elapsed="$(awk -v a="$T0" -v b="$now" 'BEGIN { printf "%.1f", b - a }')"
+  [[ "$running" -ge "$REPLICAS" ]] && break
+  if awk -v e="$elapsed" -v t="$SCALE_TIMEOUT" 'BEGIN { exit !(e > t) }'; then
+    log "timeout: $running/$REPLICAS Running after ${elapsed}s"
+    break
+  fi
+  sleep 1
+done
+CPU1_CTRL="$(cpu_s "$CTRL_PID")" CPU1_SERVE="$(cpu_s "$SERVE_PID")"
+STATS="$(curl -sf "$SIM_URL/_sim/stats")"
+log "$running/$REPLICAS Running after ${elapsed}s; idling ${IDLE_SECONDS}s"
+sleep "$IDLE_SECONDS"
+CPU2_CTRL="$(cpu_s "$CTRL_PID")"
+STATS_IDLE="$(curl -sf "$SIM_URL/_sim/stats")"
+api_total() { python3 -c 'import json,sys; print(sum(json.loads(sys.argv[1])["requests"].values()))' "$1"; }
+api_by_op() { python3 -c 'import json,sys; r=json.loads(sys.argv[1])["requests"]; print(", ".join(f"{k} {v}" for k,v in sorted(r.items())))' "$1"; }
+API="$(api_total "$STATS")"
+API_IDLE="$(( $(api_total "$STATS_IDLE") - API ))"
+DEVICES="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["devices_created"])' "$STATS")"
+
+mkdir -p "$OUT"
+{
+  echo "| measure | value |"
+  echo "|---|---|"
+  echo "| replicas Running | **$running / $REPLICAS** (sim --provision-seconds $PROVISION_SECONDS) |"
+  echo "| MachineDeployment 0 → all Running | **${elapsed} s** |"
+  echo "| devices created (duplicates) | $DEVICES ($((DEVICES - REPLICAS))) |"
+  echo "| Metal API requests until all Running | **$API** ($(awk -v a="$API" -v r="$REPLICAS" 'BEGIN { printf "%.2f", a / r }')/machine): $(api_by_op "$STATS") |"
+  echo "| Metal API requests in the next ${IDLE_SECONDS} s (steady state) | $API_IDLE |"
+  echo "| controller CPU s (scale-up / next ${IDLE_SECONDS} s idle) | **$(awk -v a="$CPU0_CTRL" -v b="$CPU1_CTRL" 'BEGIN { printf "%.2f", b - a }')** / $(awk -v a="$CPU1_CTRL" -v b="$CPU2_CTRL" 'BEGIN { printf "%.2f", b - a }') |"
+  echo "| driver CPU s (scale-up) | $(awk -v a="$CPU0_SERVE" -v b="$CPU1_SERVE" 'BEGIN { printf "%.2f", b - a }') |"
+  echo "| controller RSS: no Machines / peak (VmHWM) / idle watching $running Machines | $(mib "$CTRL_RSS_EMPTY") / **$(mib "$(kb "$CTRL_PID" VmHWM)")** / **$(mib "$(kb "$CTRL_PID" VmRSS)")** MiB |"
+  echo "| driver RSS: peak (VmHWM) / now | $(mib "$(kb "$SERVE_PID" VmHWM)") / $(mib "$(kb "$SERVE_PID" VmRSS)") MiB |"
+} | tee "$OUT/controller-scale.md"
