@@ -2,12 +2,14 @@
 //!
 //! A machine's device carries the identity tag `machine.sapcloud.io/name:<machine>` (added
 //! on create), hostname = machine name, and the class's cluster tag. A lookup is **one**
-//! list call filtered server-side by the identity tag (the client follows every page), then
-//! checked client-side, because a server-side filter is a hint (`hostname` is a partial
-//! match; a simulator may ignore filters) and never proof.
+//! list call filtered server-side by hostname (the client follows every page), then checked
+//! client-side, because a server-side filter is a hint (`hostname` is a partial match; a
+//! simulator may ignore filters) and never proof.
 //!
-//! Devices created before the identity tag existed (by the Go provider) are not found by a
-//! lookup; they always have a ProviderID, which every RPC but CreateMachine uses first.
+//! Devices created by the Go provider before the identity tag existed carry hostname and
+//! cluster tag only; they are claimed too (design §5: "identity tag / hostname + cluster
+//! tag"), so a migrated machine is adopted rather than duplicated. A device whose identity
+//! tag names another machine is never claimed.
 
 use uuid::Uuid;
 
@@ -20,13 +22,21 @@ pub fn identity_tag(machine: &str) -> String {
     format!("{IDENTITY_TAG_PREFIX}{machine}")
 }
 
-/// Whether `device` stands for `machine` of the cluster that owns `cluster_tag`: identity
-/// tag, hostname and cluster tag all match. Going-away devices are included (the callers
-/// decide what "already deleting" means for them).
+/// Whether `device` stands for `machine` of the cluster that owns `cluster_tag`: hostname
+/// and cluster tag match, and the identity tag names this machine or is absent (a device
+/// from before identity tags). Going-away devices are included (the callers decide what
+/// "already deleting" means for them).
 pub fn claims_machine(device: &Device, machine: &str, cluster_tag: &str) -> bool {
+    let identity_ok = device.has_tag(&identity_tag(machine))
+        || !device
+            .tags
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.starts_with(IDENTITY_TAG_PREFIX));
     device.id.is_some()
         && device.hostname.as_deref() == Some(machine)
-        && device.has_tag(&identity_tag(machine))
+        && identity_ok
         && device.has_tag(cluster_tag)
 }
 
@@ -63,8 +73,8 @@ pub async fn find_machine_devices<A: DeviceApi>(
     cluster_tag: &str,
 ) -> Result<Vec<Device>, crate::metal::Error> {
     let query = ListQuery {
-        tag: Some(identity_tag(machine)),
-        hostname: None,
+        tag: Some(cluster_tag.to_owned()),
+        hostname: Some(machine.to_owned()),
     };
     let devices = api.list_project_devices(call, project, &query).await?;
     Ok(devices
@@ -128,11 +138,10 @@ mod tests {
             "m1",
             c
         ));
-        assert!(!claims_machine(
-            &device("m1", &[c], DeviceState::Active),
-            "m1",
-            c
-        ));
+        assert!(
+            claims_machine(&device("m1", &[c], DeviceState::Active), "m1", c),
+            "a device from before identity tags (hostname + cluster tag) is adopted"
+        );
         assert!(!claims_machine(
             &device("m1", &[c, &identity_tag("m10")], DeviceState::Active),
             "m1",

@@ -751,10 +751,8 @@ async fn status_by_lookup() {
         Err(Error::NotFound(_))
     ));
 
-    // Same hostname without our identity tag, and ours in another cluster: not ours.
-    let mut legacy = our_device(MACHINE, DeviceState::Active);
-    legacy.tags = Some(vec![CLUSTER.into(), ROLE.into()]);
-    p.api().insert(project(), legacy);
+    // Ours in another cluster, ours in another project, and a device whose identity tag
+    // names another machine: none of them is this machine.
     let mut other_cluster = our_device(MACHINE, DeviceState::Active);
     other_cluster.tags = Some(vec![
         "kubernetes.io/cluster/other".into(),
@@ -765,6 +763,13 @@ async fn status_by_lookup() {
         OTHER_PROJECT.parse().unwrap(),
         our_device(MACHINE, DeviceState::Active),
     );
+    let mut renamed = our_device(MACHINE, DeviceState::Active);
+    renamed.tags = Some(vec![
+        CLUSTER.into(),
+        ROLE.into(),
+        identity_tag("someone-else"),
+    ]);
+    p.api().insert(project(), renamed);
     assert!(matches!(
         p.get_machine_status(req()).await,
         Err(Error::NotFound(_))
@@ -777,8 +782,26 @@ async fn status_by_lookup() {
         p.get_machine_status(req()).await.unwrap().provider_id,
         pid(id)
     );
+    // One list call, filtered server-side by the cluster tag and the hostname.
     let q = p.api().state().list_queries.last().cloned().unwrap();
-    assert_eq!(q.tag.as_deref(), Some(identity_tag(MACHINE).as_str()));
+    assert_eq!(q.tag.as_deref(), Some(CLUSTER));
+    assert_eq!(q.hostname.as_deref(), Some(MACHINE));
+}
+
+#[tokio::test]
+async fn device_from_before_identity_tags_is_adopted_not_duplicated() {
+    let p = provider();
+    // What the Go provider created: hostname and cluster/role tags, no identity tag.
+    let mut legacy = our_device(MACHINE, DeviceState::Active);
+    legacy.tags = Some(vec![CLUSTER.into(), ROLE.into()]);
+    let id = p.api().insert(project(), legacy);
+    assert_eq!(
+        p.get_machine_status(req()).await.unwrap().provider_id,
+        pid(id)
+    );
+    let created = p.create_machine(req()).await.unwrap();
+    assert_eq!(created.provider_id, pid(id));
+    assert_eq!(p.api().calls(fake::CREATE), 0, "no second device");
 }
 
 #[tokio::test]
