@@ -736,22 +736,33 @@ fn scrub_list(creds: &Credentials, spec: &ProviderSpec) -> Vec<String> {
         out.push(cd.expose().to_string());
         collect_strings(cd.expose(), &mut out);
     }
-    // An API that echoes the JSON request body shows each string JSON-escaped (`\"`, `\n`):
-    // scrub that form too.
-    let escaped: Vec<String> = out
+    // An API that echoes the JSON request body shows each string JSON-escaped (`\"`, `\n`),
+    // and the client flattens whitespace runs in error texts: scrub those forms too.
+    let variants: Vec<String> = out
         .iter()
-        .filter_map(|s| {
-            let json = serde_json::to_string(s).ok()?;
-            let inner = json.get(1..json.len().saturating_sub(1))?;
-            (inner != s).then(|| inner.to_owned())
+        .flat_map(|s| {
+            let escaped = serde_json::to_string(s)
+                .ok()
+                .and_then(|j| j.get(1..j.len().saturating_sub(1)).map(str::to_owned));
+            let flat = flatten_whitespace(s);
+            let escaped_flat = escaped.as_deref().map(flatten_whitespace);
+            [escaped, Some(flat), escaped_flat].into_iter().flatten()
         })
         .collect();
-    out.extend(escaped);
+    out.extend(variants);
     out.retain(|s| s.len() >= MIN_SCRUB_LEN);
     // Longest first, so a line inside the whole userData does not break its replacement.
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));
     out.dedup();
     out
+}
+
+/// Whitespace and control-character runs as one space, as the API client prints error texts.
+fn flatten_whitespace(s: &str) -> String {
+    s.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {

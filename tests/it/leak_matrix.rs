@@ -32,9 +32,11 @@ const WRONG_TOKEN: &str = "tok-MATRIX-WRONG-77aa";
 const USER_DATA_LINE: &str = "bootstrap-token: USERDATA-MATRIX-31c7";
 const QUOTED_LINE: &str = "join: \"QUOTED-MATRIX-0b9e\"";
 const CUSTOM: &str = "CUSTOMDATA-MATRIX-8d2f";
+/// Tabs and double spaces: the API client flattens whitespace in error texts.
+const SPACED_LINE: &str = "secret:\t\tSPACED-MATRIX-4e21  tail";
 
 fn user_data() -> String {
-    format!("#cloud-config\n{USER_DATA_LINE}\n{QUOTED_LINE}\n")
+    format!("#cloud-config\n{USER_DATA_LINE}\n{QUOTED_LINE}\n{SPACED_LINE}\n")
 }
 
 fn secrets_with(token: &str) -> HashMap<String, Vec<u8>> {
@@ -325,11 +327,15 @@ async fn no_secret_at_any_level_or_format_on_any_path() {
                 WRONG_TOKEN,
                 "USERDATA-MATRIX-31c7",
                 "QUOTED-MATRIX-0b9e",
+                "SPACED-MATRIX-4e21",
                 CUSTOM,
             ];
             needles.extend(root_passwords.iter().map(String::as_str));
             for needle in &needles {
-                let line = logs.lines().find(|l| l.contains(needle)).unwrap_or_default();
+                let line = logs
+                    .lines()
+                    .find(|l| l.contains(needle))
+                    .unwrap_or_default();
                 assert!(
                     !logs.contains(needle),
                     "{level}/{format}: a secret reached the logs: {needle} in\n{line}"
