@@ -127,7 +127,10 @@ async fn a_short_client_deadline_ends_the_call_and_the_driver_stops_retrying() {
     let elapsed = started.elapsed();
     let status = answer.expect_err("the Metal API is slower than the deadline");
     // The client's own timer and the driver's answer race: either says the deadline passed.
-    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
     assert!(elapsed < Duration::from_secs(5), "prompt: {elapsed:?}");
 
     // A create (lookup + POST) under the same short deadline: no device may appear later.
@@ -142,7 +145,10 @@ async fn a_short_client_deadline_ends_the_call_and_the_driver_stops_retrying() {
         }))
         .await;
     let create = create.expect_err("deadline");
-    assert!(matches!(create.code(), Code::DeadlineExceeded | Code::Cancelled), "{create:?}");
+    assert!(
+        matches!(create.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{create:?}"
+    );
 
     // Long after: the driver made one attempt per call and gave up at the deadline, so the
     // simulator saw one GET and one list, and never a POST or a retry.
