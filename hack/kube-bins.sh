@@ -85,7 +85,7 @@ build_one() {
   tmp="$out.tmp.$$"
   start=$SECONDS
   # -mod=mod: the committed go.sum is complete; this only lets Go add missing hashes instead of failing.
-  if ! (cd "$moddir" && GOFLAGS="-mod=mod ${KUBE_BINS_GOFLAGS:-}" CGO_ENABLED=0 \
+  if ! (cd "$moddir" && GOWORK=off GOFLAGS="-mod=mod ${KUBE_BINS_GOFLAGS:-}" CGO_ENABLED=0 \
         nice -n 19 "$go" build -trimpath -ldflags "-s -w $ldflags" -o "$tmp" "$pkg" >&2); then
     rm -f "$tmp"
     die "building $name failed"
@@ -104,7 +104,7 @@ extract_crds() {
   if [[ $missing == 1 ]]; then
     local go src
     go="$(find_go)"
-    src="$(cd "$MCM_MOD" && GOFLAGS=-mod=mod "$go" mod download -json "$MCM_MODULE@$MCM_VERSION" \
+    src="$(cd "$MCM_MOD" && GOWORK=off GOFLAGS=-mod=mod "$go" mod download -json "$MCM_MODULE@$MCM_VERSION" \
       | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
     [[ -n "$src" && -d "$src/kubernetes/crds" ]] || die "no kubernetes/crds in $MCM_MODULE@$MCM_VERSION (Dir='$src')"
     mkdir -p "$dir"
