@@ -556,3 +556,91 @@ async fn cordon(target: &kube::Client, node: &str) -> Result<()> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::{Call, context, mock_client, not_found};
+    use serde_json::json;
+
+    const MACHINES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machines";
+    const CLASSES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machineclasses";
+
+    fn guard(v: serde_json::Value) -> Arc<DeserializeGuard<Machine>> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn machine(extra_meta: serde_json::Value) -> serde_json::Value {
+        let mut meta = json!({"name": "m", "namespace": "ns", "resourceVersion": "1"});
+        meta.as_object_mut()
+            .unwrap()
+            .extend(extra_meta.as_object().unwrap().clone());
+        json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine", "metadata": meta,
+               "spec": {"class": {"kind": "MachineClass", "name": "c"}}})
+    }
+
+    #[tokio::test]
+    async fn a_new_machine_first_gets_the_finalizer() {
+        let (client, mock) = mock_client(vec![
+            Call::new(
+                "PATCH",
+                format!("{MACHINES}/m?"),
+                200,
+                machine(json!({"finalizers": [MACHINE_FINALIZER]})),
+            )
+            .body(|b| {
+                let ops = b.as_array().expect("JSON patch");
+                assert!(
+                    ops.iter()
+                        .any(|op| op["op"] == "add" && op["value"] == json!([MACHINE_FINALIZER])),
+                    "{b}"
+                );
+            }),
+        ]);
+        let action = reconcile(guard(machine(json!({}))), context(client))
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+        mock.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn create_waits_for_the_class_finalizer_without_calling_the_driver() {
+        let class = json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineClass",
+                           "metadata": {"name": "c", "namespace": "ns"}, "providerSpec": {}});
+        let (client, mock) =
+            mock_client(vec![Call::new("GET", format!("{CLASSES}/c"), 200, class)]);
+        let m = machine(json!({"finalizers": [MACHINE_FINALIZER]}));
+        let action = reconcile(guard(m), context(client)).await.unwrap();
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
+        mock.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleting_a_machine_without_class_or_device_releases_it() {
+        let (client, mock) = mock_client(vec![
+            Call::new("GET", format!("{CLASSES}/c"), 404, not_found()),
+            Call::new("PATCH", format!("{MACHINES}/m?"), 200, machine(json!({}))).body(|b| {
+                let ops = b.as_array().expect("JSON patch");
+                assert!(ops.iter().any(|op| op["op"] == "remove"), "{b}");
+            }),
+        ]);
+        let m = machine(
+            json!({"finalizers": [MACHINE_FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}),
+        );
+        reconcile(guard(m), context(client)).await.unwrap();
+        mock.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_machine_is_skipped_without_api_calls() {
+        let (client, mock) = mock_client(vec![]);
+        let bad = json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+                         "metadata": {"name": "m", "namespace": "ns"}, "spec": {"class": "oops"}});
+        let ctx = context(client);
+        let action = reconcile(guard(bad), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert!(ctx.metrics.render().contains("reason=\"invalid_object\""));
+        mock.await.unwrap();
+    }
+}

@@ -181,6 +181,67 @@ mod tests {
         assert_eq!(wanted_finalizers(&class(&[], false), false), None);
     }
 
+    const MACHINES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machines";
+    const CLASSES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machineclasses";
+
+    fn machine_list(class: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineList", "metadata": {},
+            "items": [
+                {"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+                 "metadata": {"name": "m", "namespace": "ns"},
+                 "spec": {"class": {"kind": "MachineClass", "name": class}}},
+                {"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+                 "metadata": {"name": "broken", "namespace": "ns"}, "spec": {"class": 7}}
+            ]
+        })
+    }
+
+    fn class_json(finalizers: &[&str]) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineClass",
+            "metadata": {"name": "c", "namespace": "ns", "resourceVersion": "7", "finalizers": finalizers}})
+    }
+
+    #[tokio::test]
+    async fn referenced_class_gains_the_finalizer_guarded_by_resource_version() {
+        use crate::controller::fixtures::{Call, context, mock_client};
+        let (client, mock) = mock_client(vec![
+            Call::new("GET", MACHINES, 200, machine_list("c")),
+            Call::new(
+                "PATCH",
+                format!("{CLASSES}/c?"),
+                200,
+                class_json(&[MACHINE_FINALIZER]),
+            )
+            .body(|b| {
+                assert_eq!(
+                    b["metadata"]["finalizers"],
+                    serde_json::json!([MACHINE_FINALIZER])
+                );
+                assert_eq!(b["metadata"]["resourceVersion"], "7");
+            }),
+        ]);
+        let class: MachineClass = serde_json::from_value(class_json(&[])).unwrap();
+        let action = reconcile(Arc::new(class), context(client)).await.unwrap();
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(600)));
+        mock.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unreferenced_class_loses_only_our_finalizer() {
+        use crate::controller::fixtures::{Call, context, mock_client};
+        let other = "example.com/keep";
+        let (client, mock) = mock_client(vec![
+            Call::new("GET", MACHINES, 200, machine_list("another-class")),
+            Call::new("PATCH", format!("{CLASSES}/c?"), 200, class_json(&[other]))
+                .body(move |b| assert_eq!(b["metadata"]["finalizers"], serde_json::json!([other]))),
+        ]);
+        let class: MachineClass =
+            serde_json::from_value(class_json(&[other, MACHINE_FINALIZER])).unwrap();
+        reconcile(Arc::new(class), context(client)).await.unwrap();
+        mock.await.unwrap();
+    }
+
     #[test]
     fn references_need_the_machineclass_kind() {
         let mut m = Machine::new("m", MachineSpec::default());

@@ -16,6 +16,8 @@ pub mod context;
 pub mod crd;
 pub mod duration;
 pub mod error;
+#[cfg(test)]
+pub mod fixtures;
 pub mod health;
 pub mod leader;
 pub mod machine;

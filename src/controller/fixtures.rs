@@ -1,0 +1,122 @@
+//! Test fixtures: a mocked API server (tower-test, controller-rs style) that plays an
+//! expected sequence of HTTP calls and fails the test on any other, and a [`Context`] whose
+//! CMI client points nowhere (lazily connected: a test that reaches the driver fails).
+
+use std::{sync::Arc, time::Duration};
+
+use http::{Request, Response};
+use kube::{Client, client::Body};
+use serde_json::Value;
+
+use super::{
+    context::{Capabilities, Config, Context},
+    status::RetryPeriods,
+};
+use crate::{cmi::client::CmiClient, telemetry::Metrics};
+
+/// Checks a request body.
+pub type BodyCheck = Box<dyn Fn(&Value) + Send + Sync>;
+
+/// One expected API call and the answer to give.
+pub struct Call {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path and query must start with this.
+    pub path_prefix: String,
+    /// Checks the request body (JSON), if any.
+    pub check_body: Option<BodyCheck>,
+    /// Status code of the answer.
+    pub status: u16,
+    /// JSON body of the answer.
+    pub answer: Value,
+}
+
+impl Call {
+    /// An expected call answered with `status` and `answer`.
+    pub fn new(
+        method: &'static str,
+        path_prefix: impl Into<String>,
+        status: u16,
+        answer: Value,
+    ) -> Self {
+        Self {
+            method,
+            path_prefix: path_prefix.into(),
+            check_body: None,
+            status,
+            answer,
+        }
+    }
+
+    /// Also checks the request body.
+    pub fn body(mut self, check: impl Fn(&Value) + Send + Sync + 'static) -> Self {
+        self.check_body = Some(Box::new(check));
+        self
+    }
+}
+
+/// A 404 `Status` body as the API server sends it.
+pub fn not_found() -> Value {
+    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+/// A client over a mock that expects exactly `calls` in order; the returned task panics on a
+/// mismatch and must be awaited (it checks that every call happened).
+pub fn mock_client(calls: Vec<Call>) -> (Client, tokio::task::JoinHandle<()>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let task = tokio::spawn(async move {
+        for call in calls {
+            let next = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "expected {} {} but no request came",
+                        call.method, call.path_prefix
+                    )
+                });
+            let (request, send) = next.expect("mock service dropped");
+            let uri = request.uri().to_string();
+            assert_eq!(request.method().as_str(), call.method, "method of {uri}");
+            assert!(
+                uri.starts_with(&call.path_prefix),
+                "expected {} {}, got {uri}",
+                call.method,
+                call.path_prefix
+            );
+            if let Some(check) = &call.check_body {
+                let bytes = request.into_body().collect_bytes().await.expect("body");
+                let body: Value = serde_json::from_slice(&bytes).expect("json body");
+                check(&body);
+            }
+            let bytes = serde_json::to_vec(&call.answer).expect("answer");
+            send.send_response(
+                Response::builder()
+                    .status(call.status)
+                    .body(Body::from(bytes))
+                    .expect("response"),
+            );
+        }
+    });
+    (Client::new(service, "ns"), task)
+}
+
+/// A context on `client` with default tunables and a driver that is never reachable.
+pub fn context(client: Client) -> Arc<Context> {
+    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    Arc::new(Context {
+        client: client.clone(),
+        target: Some(client),
+        cmi: CmiClient::from_channel(channel, Duration::from_secs(1)),
+        capabilities: Capabilities::default(),
+        config: Config {
+            namespace: "ns".into(),
+            creation_timeout: Duration::from_secs(1200),
+            health_timeout: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(7200),
+            orphan_period: Duration::from_secs(900),
+            retry: RetryPeriods::default(),
+            health_recheck: Duration::from_secs(60),
+        },
+        metrics: Metrics::new(),
+    })
+}
