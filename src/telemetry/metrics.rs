@@ -71,6 +71,12 @@ pub struct MetalApiMetrics {
     mcm_duration: Family<McmLabels, Histogram>,
 }
 
+impl Default for MetalApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MetalApiMetrics {
     pub fn new() -> Self {
         let hist = || Histogram::new(latency_buckets());

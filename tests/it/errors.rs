@@ -21,6 +21,9 @@ fn with(key: &str, value: Value) -> Value {
     s
 }
 
+/// (what, machine name, providerSpec bytes, secrets, the field the message must name)
+type BadCase = (&'static str, String, Vec<u8>, HashMap<String, Vec<u8>>, &'static str);
+
 #[tokio::test]
 async fn bad_create_input_is_invalid_argument_naming_the_field() {
     let env = Env::start().await;
@@ -31,7 +34,7 @@ async fn bad_create_input_is_invalid_argument_naming_the_field() {
     no_user_data.remove("userData");
 
     let long_name = "a".repeat(64);
-    let cases: Vec<(&str, String, Vec<u8>, HashMap<String, Vec<u8>>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "empty name",
             String::new(),
