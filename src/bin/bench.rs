@@ -537,6 +537,10 @@ enum Op {
         cmi: CmiClient,
         req: Box<GetMachineStatusRequest>,
     },
+    /// Identity.Probe: the gRPC hop alone, no API call.
+    Probe {
+        cmi: CmiClient,
+    },
 }
 
 impl Op {
@@ -561,6 +565,13 @@ impl Op {
                 .machine
                 .clone()
                 .get_machine_status(cmi.request(GetMachineStatusRequest::clone(req)))
+                .await
+                .map(drop)
+                .map_err(|s| format!("{:?}", s.code())),
+            Op::Probe { cmi } => cmi
+                .identity
+                .clone()
+                .probe(cmi.request(ProbeRequest {}))
                 .await
                 .map(drop)
                 .map_err(|s| format!("{:?}", s.code())),
@@ -668,6 +679,7 @@ fn latency(ctx: &Ctx, report: &mut Report) {
             http,
             url: format!("{}/devices/{uuid}", sim.url()),
         };
+        let probe = Op::Probe { cmi: cmi.clone() };
         let via = Op::Status {
             cmi,
             req: Box::new(status_request(name, &provider_id)),
@@ -682,6 +694,8 @@ fn latency(ctx: &Ctx, report: &mut Report) {
             // Warm both paths: connections, pools, allocator.
             run_count(concurrency, n / 4, &direct).await;
             run_count(concurrency, n / 4, &via).await;
+            run_count(concurrency, n / 4, &probe).await;
+            let (mut p50s, mut p99s, mut cpu_per_rpc) = (Vec::new(), Vec::new(), Vec::new());
             let (mut d50, mut d99, mut v50, mut v99, mut a50, mut a99) = (
                 Vec::new(),
                 Vec::new(),
@@ -694,7 +708,12 @@ fn latency(ctx: &Ctx, report: &mut Report) {
             for _ in 0..ctx.rounds {
                 // Interleaved in each round so drift in machine load hits both alike.
                 let d = run_count(concurrency, n, &direct).await;
+                let cpu = driver.cpu_seconds();
                 let v = run_count(concurrency, n, &via).await;
+                cpu_per_rpc.push((driver.cpu_seconds() - cpu) / v.ok().max(1) as f64 * 1e6);
+                let p = run_count(concurrency, n, &probe).await;
+                p50s.push(percentile(&p.latencies_us, 50.0));
+                p99s.push(percentile(&p.latencies_us, 99.0));
                 let (p50d, p99d) = (
                     percentile(&d.latencies_us, 50.0),
                     percentile(&d.latencies_us, 99.0),
@@ -728,6 +747,9 @@ fn latency(ctx: &Ctx, report: &mut Report) {
                 us(&v99),
                 format!("**{}**", us(&a50)),
                 format!("**{}**", us(&a99)),
+                us(&p50s),
+                us(&p99s),
+                us(&cpu_per_rpc),
                 if errors.is_empty() {
                     "0".into()
                 } else {
@@ -736,7 +758,7 @@ fn latency(ctx: &Ctx, report: &mut Report) {
             ]);
         }
     });
-    report.text("Latencies in µs, median over rounds (min–max across rounds); \"added\" = driver − direct, per round.\n");
+    report.text("Latencies in µs, median over rounds (min–max across rounds); \"added\" = driver − direct, per round. Probe = Identity.Probe through the driver: the gRPC hop alone, no API call. Driver CPU = user+system time of the `serve` process per GetMachineStatus (/proc/<pid>/stat).\n");
     report.table(
         &[
             "concurrency",
@@ -747,6 +769,9 @@ fn latency(ctx: &Ctx, report: &mut Report) {
             "driver p99",
             "added p50",
             "added p99",
+            "Probe p50",
+            "Probe p99",
+            "driver CPU µs/RPC",
             "errors",
         ],
         &rows,
