@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use metal_driver::manifest::{parse_machine_class, parse_secrets};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Err(e) = parse_machine_class("class.yaml", text) {
         assert!(e.to_string().starts_with("class.yaml"), "{e}");
     }

@@ -9,7 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<Device>(data);
     let _ = serde_json::from_slice::<DeviceList>(data);
     let _ = serde_json::from_slice::<ErrorBody>(data);
-    for status in [http::StatusCode::UNPROCESSABLE_ENTITY, http::StatusCode::SERVICE_UNAVAILABLE] {
+    for status in [
+        http::StatusCode::UNPROCESSABLE_ENTITY,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+    ] {
         let message = error_message(status, data);
         assert!(!message.is_empty());
         assert!(!message.contains('\n'));

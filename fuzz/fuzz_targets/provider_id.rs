@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use metal_driver::provider::{Error, provider_id::ProviderId};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     match ProviderId::parse(s) {
         Ok(id) => assert_eq!(ProviderId::parse(&id.to_string()).ok(), Some(id)),
         Err(e) => assert!(
