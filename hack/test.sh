@@ -6,6 +6,7 @@
 #   3. conformance: Prism validating proxy against the official Metal OpenAPI spec,
 #      independent Python grpcio client from the reference cmi.proto, proto compatibility
 #   4. controller end-to-end tests on a real kube-apiserver + etcd (+ MCM) built from Go modules
+#   5. every manifest in kubernetes/ applied with server-side dry-run to that kube-apiserver
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,3 +30,11 @@ if [[ -x hack/e2e.sh ]]; then
   step "controller e2e"
   hack/e2e.sh
 fi
+
+# Every manifest under kubernetes/ against the same kind of real kube-apiserver (server-side
+# dry-run, strict field validation), and the Deployment's flags against the binary's --help.
+step "manifests (server-side dry-run)"
+hack/manifests-check.sh
+
+# Not here: `make image-test` (static musl release build + Probe from the image rootfs). Its
+# release/LTO rebuild of this crate takes minutes after any source change.
