@@ -37,6 +37,10 @@ pub struct MachineArgs {
     #[command(subcommand)]
     pub action: MachineAction,
 
+    /// TLS towards a driver started with --tls-cert (and mutual TLS with --tls-client-ca).
+    #[command(flatten)]
+    pub tls: crate::cmi::client::ClientTlsArgs,
+
     /// The driver's CMI endpoint: tcp://HOST:PORT or unix:///PATH.
     #[arg(long, env = "CMI_ENDPOINT", value_name = "ENDPOINT", global = true)]
     pub endpoint: Option<String>,
@@ -219,7 +223,8 @@ pub async fn execute(args: &MachineArgs) -> Result<Outcome, MachineCliError> {
     let provider_spec = class.provider_spec;
     let provider_id = args.provider_id.clone().unwrap_or_default();
 
-    let mut client = CmiClient::connect(endpoint, args.timeout).await?;
+    let tls = args.tls.load()?;
+    let mut client = CmiClient::connect_tls(endpoint, args.timeout, tls.as_ref()).await?;
     let outcome = match action {
         MachineAction::Create => {
             let message = CreateMachineRequest {

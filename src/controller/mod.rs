@@ -72,6 +72,10 @@ fn go_duration(s: &str) -> std::result::Result<Duration, String> {
 /// meaning is the same, so Gardener-style deployments carry over.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
+    /// TLS towards a driver started with --tls-cert (and mutual TLS with --tls-client-ca).
+    #[command(flatten)]
+    pub tls: crate::cmi::client::ClientTlsArgs,
+
     /// Kubeconfig of the cluster holding Machines, MachineClasses and Secrets (Gardener's
     /// seed): a path, or `inClusterConfig` for the pod's service account. Empty: the usual
     /// kubeconfig discovery (KUBECONFIG, ~/.kube/config, in-cluster).
@@ -192,11 +196,12 @@ async fn connect_driver(
     args: &ControllerArgs,
     shutdown: &CancellationToken,
 ) -> Result<Option<(CmiClient, Capabilities)>> {
+    let tls = args.tls.load()?;
     let mut delay = Duration::from_millis(200);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match CmiClient::connect(&args.cmi_endpoint, args.cmi_timeout).await {
+        match CmiClient::connect_tls(&args.cmi_endpoint, args.cmi_timeout, tls.as_ref()).await {
             Ok(client) => {
                 let probe = client
                     .identity

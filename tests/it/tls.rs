@@ -320,3 +320,75 @@ async fn bad_tls_material_is_a_clear_startup_error() {
         "Debug hides the client key: {secret}"
     );
 }
+
+#[tokio::test]
+async fn machine_cli_speaks_mutual_tls_to_the_driver() {
+    use clap::Parser;
+    use metal_driver::machine_cli::{MachineArgs, execute};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        machine: MachineArgs,
+    }
+
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let (cert, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
+    let env = Tls::start(
+        ServerConfig::loopback().endpoint,
+        ServerTls {
+            cert_pem: cert,
+            key_pem: key,
+            client_ca_pem: Some(client_ca.pem()),
+        },
+    )
+    .await
+    .expect("mTLS server starts");
+    let dir = tempfile::tempdir().unwrap();
+    let (client_cert, client_key) = client_ca.leaf(&["metal-cli"]);
+    let path = |name: &str, pem: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let (ca, crt, k) = (
+        path("ca.pem", &server_ca.pem()),
+        path("client.pem", &client_cert),
+        path("client.key", &client_key),
+    );
+    let class = concat!(env!("CARGO_MANIFEST_DIR"), "/kubernetes/machine-class.yaml");
+    let secret = concat!(env!("CARGO_MANIFEST_DIR"), "/kubernetes/secret.yaml");
+    let endpoint = env.endpoint();
+    let base = [
+        "machine",
+        "--endpoint",
+        endpoint.as_str(),
+        "--class",
+        class,
+        "--secret",
+        secret,
+    ];
+
+    let with_identity = Cli::try_parse_from(base.iter().copied().chain([
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &crt,
+        "--tls-key",
+        &k,
+        "list",
+    ]))
+    .unwrap();
+    execute(&with_identity.machine)
+        .await
+        .expect("list over mutual TLS");
+
+    let without_identity =
+        Cli::try_parse_from(base.iter().copied().chain(["--tls-ca", &ca, "list"])).unwrap();
+    assert!(
+        execute(&without_identity.machine).await.is_err(),
+        "the driver refuses a CLI without a client certificate"
+    );
+    env.stop().await;
+}
