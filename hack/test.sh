@@ -21,6 +21,10 @@ hack/soak.sh 60
 step "layering"
 hack/check-layering.sh
 
+# Benchmarks are never pass/fail; this only keeps them compiling and running (~30 s, debug).
+step "bench smoke"
+make --no-print-directory bench-smoke
+
 if [[ -x hack/conformance.sh ]]; then
   step "conformance"
   hack/conformance.sh
