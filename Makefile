@@ -66,8 +66,8 @@ bench: ## full benchmarks on release builds (minutes): criterion + end-to-end fi
 .PHONY: bench-smoke
 bench-smoke: ## benchmarks in seconds on debug builds: keeps them compiling and running (not a measurement)
 	mkdir -p $(BENCH_OUT)
-	$(CARGO) test --locked --bench pure
-	$(CARGO) build --locked --bin metal-driver --bin metal-driver-bench
+	$(CARGO) test --bench pure
+	$(CARGO) build --bin metal-driver --bin metal-driver-bench
 	target/debug/metal-driver-bench --quick --out $(BENCH_OUT)/smoke.md --logs $(BENCH_OUT)/logs > /dev/null
 
 # --- container image and deployment manifests ---------------------------------------------
