@@ -780,6 +780,20 @@ fn scrub_text(text: &mut String, secrets: &[String]) {
             *text = text.replace(s.as_str(), "<redacted>");
         }
     }
+    // The API client cuts long error texts and marks the cut with `…`; a secret cut there
+    // leaves its beginning just before the mark. Redact any such beginning.
+    if let Some(body) = text.strip_suffix('…') {
+        let cut = secrets.iter().find_map(|s| {
+            (MIN_SCRUB_LEN..s.len())
+                .rev()
+                .filter(|&n| s.is_char_boundary(n))
+                .find(|&n| body.ends_with(&s[..n]))
+                .map(|n| body.len() - n)
+        });
+        if let Some(at) = cut {
+            *text = format!("{}<redacted>…", &body[..at]);
+        }
+    }
 }
 
 /// The error with every secret string replaced by `<redacted>` in its free-text parts.

@@ -1148,3 +1148,14 @@ fn machine_name_rules() {
 fn volume_ids_are_empty() {
     assert!(provider().get_volume_ids(b"anything").unwrap().is_empty());
 }
+
+#[test]
+fn a_secret_cut_by_truncation_is_redacted_too() {
+    let secrets = vec!["tok-ABCDEFGHIJKLMNOP".to_string()];
+    let mut text = "HTTP 422: you sent tok-ABCDEFG…".to_string();
+    super::scrub_text(&mut text, &secrets);
+    assert_eq!(text, "HTTP 422: you sent <redacted>…");
+    let mut untouched = "HTTP 422: nothing secret here…".to_string();
+    super::scrub_text(&mut untouched, &secrets);
+    assert_eq!(untouched, "HTTP 422: nothing secret here…");
+}
