@@ -7,6 +7,7 @@
 
 pub mod cmi;
 pub mod controller;
+pub mod demo;
 pub mod machine_cli;
 pub mod manifest;
 pub mod metal;
@@ -15,4 +16,3 @@ pub mod secret;
 pub mod shutdown;
 pub mod sim;
 pub mod telemetry;
-pub mod demo;

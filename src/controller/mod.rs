@@ -72,6 +72,11 @@ fn go_duration(s: &str) -> std::result::Result<Duration, String> {
 /// meaning is the same, so Gardener-style deployments carry over.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
+    /// Flags Gardener's provider-sidecar helper always passes; accepted so that helper works
+    /// unchanged.
+    #[command(flatten)]
+    pub gardener: GardenerCompatArgs,
+
     /// TLS towards a driver started with --tls-cert (and mutual TLS with --tls-client-ca).
     #[command(flatten)]
     pub tls: crate::cmi::client::ClientTlsArgs,
@@ -170,6 +175,33 @@ pub struct ControllerArgs {
     /// Machines reconciled in parallel (MCM's `--concurrent-syncs`).
     #[arg(long, env = "CONCURRENT_SYNCS", default_value_t = 10)]
     pub concurrent_syncs: u16,
+}
+
+/// MCM flags that Gardener's `ProviderSidecarContainer` passes to every provider sidecar.
+/// They are accepted so the extension's webhook can inject this controller with the stock
+/// helper; none of them changes behaviour here (kube-rs has no client-side QPS limiter, the
+/// API-server safety freeze is not implemented, and the log level is `--log-level`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GardenerCompatArgs {
+    /// Accepted for Gardener compatibility; not applied (see above).
+    #[arg(long, env = "KUBE_API_QPS", hide_short_help = true)]
+    pub kube_api_qps: Option<f32>,
+
+    /// Accepted for Gardener compatibility; not applied.
+    #[arg(long, env = "KUBE_API_BURST", hide_short_help = true)]
+    pub kube_api_burst: Option<u32>,
+
+    /// Accepted for Gardener compatibility; not applied (no API-server freeze yet).
+    #[arg(long, hide_short_help = true)]
+    pub machine_safety_apiserver_statuscheck_timeout: Option<String>,
+
+    /// Accepted for Gardener compatibility; not applied (no API-server freeze yet).
+    #[arg(long, hide_short_help = true)]
+    pub machine_safety_apiserver_statuscheck_period: Option<String>,
+
+    /// klog verbosity, accepted for Gardener compatibility; use --log-level instead.
+    #[arg(long = "v", hide_short_help = true)]
+    pub verbosity: Option<u8>,
 }
 
 /// Builds a client from a kubeconfig flag value (path, `inClusterConfig`, or empty).
@@ -446,4 +478,45 @@ async fn run_with(
     }
     tracing::info!("machine controller stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod args_tests {
+    use clap::Parser;
+
+    use super::ControllerArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    /// The exact arguments Gardener's `ProviderSidecarContainer` gives a provider sidecar
+    /// (reference/notes/mcm.md §5) must parse, with MCM's duration syntax.
+    #[test]
+    fn gardener_sidecar_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "controller",
+            "--control-kubeconfig=inClusterConfig",
+            "--kube-api-qps=100",
+            "--kube-api-burst=200",
+            "--machine-creation-timeout=20m",
+            "--machine-drain-timeout=2h",
+            "--machine-health-timeout=10m",
+            "--machine-safety-apiserver-statuscheck-timeout=30s",
+            "--machine-safety-apiserver-statuscheck-period=1m",
+            "--machine-safety-orphan-vms-period=30m",
+            "--namespace=shoot--dev--demo",
+            "--port=10259",
+            "--target-kubeconfig=/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig/kubeconfig",
+            "--v=3",
+            "--cmi-endpoint=unix:///var/run/cmi/cmi.sock",
+        ])
+        .expect("Gardener's sidecar flags are accepted");
+        assert_eq!(cli.args.namespace, "shoot--dev--demo");
+        assert_eq!(cli.args.machine_safety_orphan_vms_period.as_secs(), 30 * 60);
+        assert_eq!(cli.args.machine_drain_timeout.as_secs(), 2 * 3600);
+        assert_eq!(cli.args.gardener.kube_api_qps, Some(100.0));
+    }
 }

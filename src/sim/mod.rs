@@ -91,7 +91,9 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> std::io::Result<
     let app = build(&args);
     let registrar = match &args.register_nodes_kubeconfig {
         Some(path) => {
-            let client = nodes::client_from(path).await.map_err(std::io::Error::other)?;
+            let client = nodes::client_from(path)
+                .await
+                .map_err(std::io::Error::other)?;
             let state = app.sim.clone();
             let stop = shutdown.clone();
             Some(tokio::spawn(async move {

@@ -22,7 +22,13 @@ fn with(key: &str, value: Value) -> Value {
 }
 
 /// (what, machine name, providerSpec bytes, secrets, the field the message must name)
-type BadCase = (&'static str, String, Vec<u8>, HashMap<String, Vec<u8>>, &'static str);
+type BadCase = (
+    &'static str,
+    String,
+    Vec<u8>,
+    HashMap<String, Vec<u8>>,
+    &'static str,
+);
 
 #[tokio::test]
 async fn bad_create_input_is_invalid_argument_naming_the_field() {
