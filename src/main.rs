@@ -34,7 +34,7 @@ enum Command {
     Sim(sim::SimArgs),
     /// Run the machine controller: reconcile MCM Machine/MachineClass objects into devices
     /// through the driver at CMI_ENDPOINT (the CMI client beside MCM).
-    Controller(controller::ControllerArgs),
+    Controller(Box<controller::ControllerArgs>),
     /// The whole flow on an embedded simulator, with no account: create → status → list →
     /// shutdown → delete over real gRPC.
     Demo(demo::DemoArgs),
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
             Command::Serve(args) => cmi::server::run(args, shutdown).await.map_err(Into::into),
             Command::Sim(args) => sim::run(args, shutdown).await.map_err(Into::into),
-            Command::Controller(args) => controller::run(args, shutdown).await.map_err(Into::into),
+            Command::Controller(args) => controller::run(*args, shutdown).await.map_err(Into::into),
             Command::Demo(args) => demo::run(args).await.map_err(Into::into),
             Command::Machine(args) => machine_cli::run(args).await.map_err(Into::into),
         };
