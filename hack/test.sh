@@ -25,15 +25,11 @@ hack/check-layering.sh
 step "bench smoke"
 make --no-print-directory bench-smoke
 
-if [[ -x hack/conformance.sh ]]; then
-  step "conformance"
-  hack/conformance.sh
-fi
+step "conformance"
+hack/conformance.sh
 
-if [[ -x hack/e2e.sh ]]; then
-  step "controller e2e"
-  hack/e2e.sh
-fi
+step "controller e2e"
+hack/e2e.sh
 
 # Every manifest under kubernetes/ against the same kind of real kube-apiserver (server-side
 # dry-run, strict field validation), and the Deployment's flags against the binary's --help.
