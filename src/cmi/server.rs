@@ -353,9 +353,16 @@ pub async fn start<A: DeviceApi>(
         let serve = async move {
             match listener {
                 Listener::Tcp(l, _) => {
-                    router
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
-                        .await
+                    // TCP_NODELAY on every accepted connection (as the client sets it):
+                    // without it, Nagle holds small gRPC frames back until the peer's
+                    // delayed ACK, a 40 ms stall at the tail under concurrency.
+                    let incoming =
+                        tokio_stream::StreamExt::map(TcpListenerStream::new(l), |conn| {
+                            conn.inspect(|s| {
+                                let _ = s.set_nodelay(true);
+                            })
+                        });
+                    router.serve_with_incoming_shutdown(incoming, stop).await
                 }
                 Listener::Unix(l, _) => {
                     router
