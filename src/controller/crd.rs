@@ -17,7 +17,7 @@ use k8s_openapi::{
     api::core::v1::{NodeCondition, SecretReference},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
-use kube::{CustomResource, Resource};
+use kube::{CustomResource, Resource, core::DeserializeGuard};
 use serde::{Deserialize, Serialize};
 
 /// The API group of every MCM resource.
@@ -189,6 +189,22 @@ impl Resource for MachineClass {
     }
 }
 
+/// kubectl's copy of the last applied manifest, on objects created with `kubectl apply`.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from a Machine what the controller never reads, before it enters the cache:
+/// `managedFields` (one entry per writer — MCM, this controller, kubectl — often larger
+/// than the spec) and kubectl's last-applied annotation. Safe because every write is a
+/// merge patch of fields the controller sets, never the cached object sent back.
+pub fn trim_for_cache(guard: &mut DeserializeGuard<Machine>) {
+    if let Ok(m) = &mut guard.0 {
+        m.metadata.managed_fields = None;
+        if let Some(annotations) = m.metadata.annotations.as_mut() {
+            annotations.remove(LAST_APPLIED_ANNOTATION);
+        }
+    }
+}
+
 impl Machine {
     /// The current phase, empty when none was ever written.
     pub fn phase(&self) -> &str {
@@ -236,8 +252,52 @@ pub const DEFAULT_PRIORITY: &str = "3";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::DeserializeGuard;
     use serde_json::json;
+
+    /// What the cache keeps: everything the controller reads, without managedFields or
+    /// kubectl's copy of the manifest; other annotations stay.
+    #[test]
+    fn trimmed_for_cache_keeps_what_is_read() {
+        let mut g: DeserializeGuard<Machine> = serde_json::from_value(json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+            "metadata": {
+                "name": "m1", "namespace": "ns", "finalizers": ["machine.sapcloud.io/machine-controller-manager"],
+                "annotations": {
+                    LAST_APPLIED_ANNOTATION: "{\"big\": \"manifest\"}",
+                    PRIORITY_ANNOTATION: "3"
+                },
+                "managedFields": [
+                    {"manager": "kubectl", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:spec": {"f:class": {}}}},
+                    {"manager": "metal-driver", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:status": {}}, "subresource": "status"}
+                ]
+            },
+            "spec": {"class": {"kind": "MachineClass", "name": "c"}, "providerID": "equinixmetal://x"},
+            "status": {"currentStatus": {"phase": "Running", "timeoutActive": false}}
+        }))
+        .unwrap();
+        let before = g.0.clone().unwrap();
+        trim_for_cache(&mut g);
+        let m = g.0.unwrap();
+        assert!(m.metadata.managed_fields.is_none());
+        let annotations = m.metadata.annotations.clone().unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED_ANNOTATION));
+        assert_eq!(annotations[PRIORITY_ANNOTATION], "3");
+        assert_eq!(m.metadata.finalizers, before.metadata.finalizers);
+        assert_eq!(m.spec, before.spec);
+        assert_eq!(m.status, before.status);
+        assert_eq!(m.phase(), "Running");
+
+        // A Machine that did not decode is left alone (its error is what gets reported).
+        let mut bad: DeserializeGuard<Machine> = serde_json::from_value(json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+            "metadata": {"name": "bad", "namespace": "ns"}, "spec": {"class": 1}
+        }))
+        .unwrap();
+        trim_for_cache(&mut bad);
+        assert!(bad.0.is_err());
+    }
 
     #[test]
     fn machine_reads_mcm_fields() {

@@ -395,7 +395,8 @@ async fn run_with(
 
     let machines: Api<DeserializeGuard<Machine>> = Api::namespaced(client.clone(), &ns);
     let classes: Api<MachineClass> = Api::namespaced(client.clone(), &ns);
-    // Metadata only: Secret data never sits in a cache of ours.
+    // Metadata only (kube sends metadata-only requests for `PartialObjectMeta`): Secret
+    // data is never even sent to us, let alone cached.
     let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &ns);
 
     // A cache of classes, to map a Secret event to the classes (and so Machines) using it.
@@ -408,9 +409,16 @@ async fn run_with(
     .take_until(stop.clone().cancelled_owned())
     .for_each(|_| future::ready(()));
 
-    let machine_controller = Controller::new(machines.clone(), watcher::Config::default())
+    // The Machine cache is the controller's memory: one entry per Machine, trimmed of what
+    // is never read (managedFields grow with every writer; see BENCHMARKS.md, item 6).
+    let (machine_store, machine_writer) = reflector::store::<DeserializeGuard<Machine>>();
+    let machine_events = reflector(
+        machine_writer,
+        watcher(machines.clone(), watcher::Config::default()).modify(crd::trim_for_cache),
+    )
+    .applied_objects();
+    let machine_controller = Controller::for_stream(machine_events, machine_store.clone())
         .with_config(ControllerConfig::default().concurrency(args.concurrent_syncs));
-    let machine_store = machine_controller.store();
     let mut machine_controller = {
         let store = machine_store.clone();
         machine_controller.watches(
@@ -428,9 +436,12 @@ async fn run_with(
     }
     if let Some(t) = &target {
         let store = machine_store.clone();
-        let nodes: Api<Node> = Api::all(t.clone());
-        machine_controller =
-            machine_controller.watches(nodes, watcher::Config::default(), move |node: Node| {
+        // Only a Node's name maps it to its Machine; its status is read when reconciling.
+        let nodes: Api<PartialObjectMeta<Node>> = Api::all(t.clone());
+        machine_controller = machine_controller.watches(
+            nodes,
+            watcher::Config::default(),
+            move |node: PartialObjectMeta<Node>| {
                 let name = node.name_any();
                 store
                     .state()
@@ -441,7 +452,8 @@ async fn run_with(
                     })
                     .map(|g| ObjectRef::from_obj(g.as_ref()))
                     .collect::<Vec<_>>()
-            });
+            },
+        );
     }
     let machine_task = machine_controller
         .graceful_shutdown_on(stop.clone().cancelled_owned())

@@ -507,15 +507,22 @@ impl DeviceApi for MetalClient {
         self.json(call, req).await
     }
 
-    async fn list_project_devices(
+    async fn list_project_devices_kept<T, K>(
         &self,
         call: &Call,
         project: Uuid,
         query: &ListQuery,
-    ) -> Result<Vec<Device>, Error> {
-        pagination::collect_all("findProjectDevices", |page| {
-            self.device_page(call, project, query, page)
-        })
+        keep: K,
+    ) -> Result<Vec<T>, Error>
+    where
+        T: Send,
+        K: FnMut(Device) -> Option<T> + Send,
+    {
+        pagination::collect_kept(
+            "findProjectDevices",
+            |page| self.device_page(call, project, query, page),
+            keep,
+        )
         .await
     }
 

@@ -77,13 +77,29 @@ pub trait DeviceApi: Send + Sync + 'static {
         id: Uuid,
     ) -> impl Future<Output = Result<Device, Error>> + Send;
 
-    /// `findProjectDevices`: `GET /projects/{id}/devices`, every page.
+    /// `findProjectDevices`: `GET /projects/{id}/devices`, every page, every device.
     fn list_project_devices(
         &self,
         call: &Call,
         project: Uuid,
         query: &ListQuery,
-    ) -> impl Future<Output = Result<Vec<Device>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<Device>, Error>> + Send {
+        self.list_project_devices_kept(call, project, query, Some)
+    }
+
+    /// `findProjectDevices`, every page, keeping only what `keep` returns for each device as
+    /// its page arrives: memory stays one page plus the kept values however large the
+    /// project is (see [`pagination::collect_kept`]).
+    fn list_project_devices_kept<T, K>(
+        &self,
+        call: &Call,
+        project: Uuid,
+        query: &ListQuery,
+        keep: K,
+    ) -> impl Future<Output = Result<Vec<T>, Error>> + Send
+    where
+        T: Send,
+        K: FnMut(Device) -> Option<T> + Send;
 
     /// `updateDevice`: `PUT /devices/{id}`.
     fn update_device(

@@ -56,17 +56,35 @@ pub fn has_next(list: &DeviceList) -> bool {
 }
 
 /// Fetch pages `1, 2, ...` with `fetch` until [`has_next`] says stop; return every device
-/// in order.
-///
-/// A device that shows up twice (the list shifted under us while paging) is kept once,
-/// by `id`, so a caller never mistakes it for two devices of one machine. More than
-/// [`MAX_PAGES`] pages is an [`Error::Decode`] rather than a silently truncated list.
-pub async fn collect_all<F, Fut>(endpoint: Endpoint, mut fetch: F) -> Result<Vec<Device>, Error>
+/// in order. See [`collect_kept`].
+pub async fn collect_all<F, Fut>(endpoint: Endpoint, fetch: F) -> Result<Vec<Device>, Error>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<DeviceList, Error>>,
 {
-    let mut devices = Vec::new();
+    collect_kept(endpoint, fetch, Some).await
+}
+
+/// Fetch pages `1, 2, ...` with `fetch` until [`has_next`] says stop, passing each device
+/// to `keep` as its page arrives and returning what `keep` kept, in order.
+///
+/// Only one decoded page is alive at a time, so memory is one page plus the kept values:
+/// ListMachines over 10,000 devices keeps 10,000 `(id, hostname)` pairs, not 10,000
+/// devices. A device that shows up twice (the list shifted under us while paging) is
+/// offered once, by `id`, so a caller never mistakes it for two devices of one machine.
+/// More than [`MAX_PAGES`] pages is an [`Error::Decode`] rather than a silently truncated
+/// list.
+pub async fn collect_kept<T, F, Fut, K>(
+    endpoint: Endpoint,
+    mut fetch: F,
+    mut keep: K,
+) -> Result<Vec<T>, Error>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<DeviceList, Error>>,
+    K: FnMut(Device) -> Option<T>,
+{
+    let mut kept = Vec::new();
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut page = 1u32;
     loop {
@@ -74,11 +92,11 @@ where
         let more = has_next(&list);
         for device in list.devices {
             if device.id.is_none_or(|id| seen.insert(id)) {
-                devices.push(device);
+                kept.extend(keep(device));
             }
         }
         if !more {
-            return Ok(devices);
+            return Ok(kept);
         }
         if page >= MAX_PAGES {
             return Err(Error::Decode {
@@ -199,6 +217,41 @@ mod tests {
         let (r, asked) = run(vec![page(&[1], 1, 9, true), page(&[], 2, 9, true)]).await;
         assert_eq!(r.unwrap().len(), 1);
         assert_eq!(asked, vec![1, 2]);
+    }
+
+    /// Each device is offered to `keep` while its own page is the last one fetched (so a
+    /// page can be dropped before the next arrives), once per id, and only what `keep`
+    /// returns is collected.
+    #[tokio::test]
+    async fn kept_values_are_reduced_page_by_page() {
+        let fetched = Arc::new(Mutex::new(0u32));
+        let fetched2 = fetched.clone();
+        let pages = Arc::new(vec![
+            page(&[1, 2, 3], 1, 3, true),
+            page(&[3, 4], 2, 3, true), // 3 again: the list shifted
+            page(&[5, 6], 3, 3, false),
+        ]);
+        let mut offered = Vec::new();
+        let kept = collect_kept(
+            "findProjectDevices",
+            move |p| {
+                *fetched2.lock().unwrap() = p;
+                let pages = pages.clone();
+                async move { Ok(pages[p as usize - 1].clone()) }
+            },
+            |d: Device| {
+                let n = d.id.unwrap().as_u128();
+                offered.push((n, *fetched.lock().unwrap()));
+                (n % 2 == 0).then_some(n)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(kept, vec![2, 4, 6]);
+        assert_eq!(
+            offered,
+            vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 3), (6, 3)]
+        );
     }
 
     #[tokio::test]

@@ -240,12 +240,17 @@ impl DeviceApi for FakeApi {
             .ok_or_else(|| not_found(GET))
     }
 
-    async fn list_project_devices(
+    async fn list_project_devices_kept<T, K>(
         &self,
         call: &Call,
         project: Uuid,
         query: &ListQuery,
-    ) -> Result<Vec<Device>, Error> {
+        keep: K,
+    ) -> Result<Vec<T>, Error>
+    where
+        T: Send,
+        K: FnMut(Device) -> Option<T> + Send,
+    {
         self.enter(LIST, call)?;
         let mut s = self.state();
         s.list_queries.push(query.clone());
@@ -262,6 +267,7 @@ impl DeviceApi for FakeApi {
                 })
             })
             .cloned()
+            .filter_map(keep)
             .collect())
     }
 

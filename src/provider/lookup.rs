@@ -83,26 +83,28 @@ pub async fn find_machine_devices<A: DeviceApi>(
         .collect())
 }
 
-/// Every live device of a class: server-side `tag = <cluster tag>`, then client-side every
-/// membership tag (cluster + roles) must be present. One list call.
+/// `(id, hostname)` of every live device of a class that has a hostname: server-side
+/// `tag = <cluster tag>`, then client-side every membership tag (cluster + roles) must be
+/// present. One list call; each page is reduced to these pairs as it arrives, so a project
+/// of 10,000 devices never sits in memory at once.
 pub async fn find_class_devices<A: DeviceApi>(
     api: &A,
     call: &Call,
     project: Uuid,
     cluster_tag: &str,
     required_tags: &[&str],
-) -> Result<Vec<Device>, crate::metal::Error> {
+) -> Result<Vec<(Uuid, String)>, crate::metal::Error> {
     let query = ListQuery {
         tag: Some(cluster_tag.to_string()),
         hostname: None,
     };
-    let devices = api.list_project_devices(call, project, &query).await?;
-    Ok(devices
-        .into_iter()
-        .filter(|d| {
-            d.id.is_some() && !is_going_away(d) && required_tags.iter().all(|t| d.has_tag(t))
-        })
-        .collect())
+    api.list_project_devices_kept(call, project, &query, |d: Device| {
+        if is_going_away(&d) || !required_tags.iter().all(|t| d.has_tag(t)) {
+            return None;
+        }
+        Some((d.id?, d.hostname.filter(|h| !h.is_empty())?))
+    })
+    .await
 }
 
 #[cfg(test)]

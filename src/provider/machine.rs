@@ -385,10 +385,7 @@ impl<A: DeviceApi> Provider<A> {
         .map_err(|e| ctx.api_err(e))?;
         Ok(devices
             .into_iter()
-            .filter_map(|d| {
-                let host = d.hostname.filter(|h| !h.is_empty())?;
-                Some((ProviderId(d.id?).to_string(), host))
-            })
+            .map(|(id, host)| (ProviderId(id).to_string(), host))
             .collect())
     }
 
