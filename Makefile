@@ -50,7 +50,7 @@ fmt: ## format the code
 	$(CARGO) fmt --all
 
 .PHONY: soak
-soak: ## fault-injection soak of the driver (SOAK_SECONDS, default 600; bounded; see hack/soak.sh)
+soak: ## fault-injection soak of driver + controller, both restarted (SOAK_SECONDS, default 600; bounded; see hack/soak.sh)
 	hack/soak.sh $(SOAK_SECONDS)
 
 # --- benchmarks (BENCHMARKS.md) -----------------------------------------------------------

@@ -1,18 +1,35 @@
 #!/usr/bin/env bash
-# Fault-injection soak of `metal-driver serve` (issue 6).
+# Fault-injection soak of `metal-driver serve` and `metal-driver controller` (issue 6).
 #   hack/soak.sh [SECONDS]      default: $SOAK_SECONDS or 600 (10 minutes)
 # Builds the driver and the soak binary, then runs target/debug/metal-driver-soak: an
 # in-process simulator with ~20% mixed faults (429 + Retry-After, 500/503, latency,
 # commit-then-drop), the driver as a subprocess on a private unix socket, killed and
 # restarted every SOAK_RESTART_EVERY seconds (SIGKILL and SIGTERM alternately), and
 # machines created, status-polled, listed and deleted concurrently over gRPC.
+#
+# The controller lane (on unless SOAK_CONTROLLER=0): a throw-away etcd + kube-apiserver with
+# MCM's CRDs (hack/e2e-env.sh; its Go binaries are built once and cached, see
+# hack/kube-bins.sh), where Machines are created, reconciled by `metal-driver controller`
+# through the same driver, and deleted, while the controller is killed and restarted too
+# (half a period after each driver restart).
+#
 # Bounded: new machines stop after SECONDS, the drain is capped by SOAK_DRAIN_SECONDS.
-# Exit status 0 only if every invariant holds; figures and driver logs go to target/soak/.
+# Exit status 0 only if every invariant holds; figures and process logs go to target/soak/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-${SOAK_SECONDS:-600}}"
 restart="${SOAK_RESTART_EVERY:-$(( seconds >= 120 ? 30 : 15 ))}"
 cargo build --quiet --bin metal-driver --bin metal-driver-soak
-exec target/debug/metal-driver-soak --seconds "$seconds" --restart-every "$restart" \
-  --drain-seconds "${SOAK_DRAIN_SECONDS:-180}"
+
+lane=()
+if [[ "${SOAK_CONTROLLER:-1}" != 0 ]]; then
+  export METAL_DRIVER_STATE="${SOAK_ENV_STATE:-/tmp/metal-driver-soak-env}"
+  export E2E_NAMESPACE=soak
+  trap 'hack/e2e-env.sh down >/dev/null 2>&1 || true' EXIT
+  eval "$(hack/e2e-env.sh up)"
+  lane=(--kubeconfig "$KUBECONFIG")
+fi
+
+target/debug/metal-driver-soak --seconds "$seconds" --restart-every "$restart" \
+  --drain-seconds "${SOAK_DRAIN_SECONDS:-180}" "${lane[@]}"

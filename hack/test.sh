@@ -15,7 +15,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo test"
 cargo test --all-targets
 
-step "soak (60 s: faults, driver restarts, invariants)"
+step "soak (60 s: faults, driver and controller restarts, invariants)"
 hack/soak.sh 60
 
 step "layering"

@@ -242,7 +242,7 @@ mod tests {
             |d: Device| {
                 let n = d.id.unwrap().as_u128();
                 offered.push((n, *fetched.lock().unwrap()));
-                (n % 2 == 0).then_some(n)
+                n.is_multiple_of(2).then_some(n)
             },
         )
         .await

@@ -169,6 +169,13 @@ impl SimHandle {
         self.state.all_devices(Instant::now())
     }
 
+    /// A snapshot function over every device, for observers that outlive a borrow of the
+    /// handle (e.g. [`nodes::run`], the Node-join stand-in, run beside an in-process sim).
+    pub fn device_snapshot(&self) -> impl Fn() -> Vec<Device> + Send + Sync + 'static {
+        let state = self.state.clone();
+        move || state.all_devices(Instant::now())
+    }
+
     /// Creates a device without HTTP, auth or faults, e.g. a "foreign" device in a project
     /// the driver's token cannot see. The project is registered if it is new.
     ///

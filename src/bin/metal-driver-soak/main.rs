@@ -17,13 +17,21 @@
 //! - no driver run logged a panic, and every SIGTERM'd driver exited 0;
 //! - the count of each injected fault.
 //!
+//! With `--kubeconfig` (a real kube-apiserver with MCM's CRDs; `hack/soak.sh` brings one up)
+//! a second lane runs beside the first: `Machine` objects reconciled by `metal-driver
+//! controller` through the same driver and simulator, with the controller killed and
+//! restarted too (SIGKILL and SIGTERM alternately, half a period after the driver). Its
+//! invariants: every Machine reaches Running and is released after delete, its
+//! `spec.providerID` never changes, and its devices count towards "exactly one device per
+//! machine" and "zero devices left" (see `controller_lane`).
+//!
 //! Exit status 0 when every invariant holds, 1 otherwise. Loopback and a private unix
 //! socket only; the run is bounded by `--seconds` plus `--drain-seconds`.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
-    process::{ExitCode, Stdio},
+    process::ExitCode,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -45,8 +53,17 @@ use metal_driver::{
 };
 use rand::Rng;
 use serde_json::json;
-use tokio::{io::AsyncBufReadExt, process::Child, sync::Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
+
+use crate::{
+    controller_lane::{Lane, median_max},
+    process::Supervised,
+};
+
+mod controller_lane;
+mod process;
 
 const PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
 const TOKEN: &str = "sim-token";
@@ -94,6 +111,18 @@ struct Args {
     /// Seed of the simulator's fault draws (default: random, printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Kubeconfig of a kube-apiserver with MCM's CRDs: adds the controller lane (Machines
+    /// reconciled by a restarted `metal-driver controller`). Without it only the driver is
+    /// soaked.
+    #[arg(long, env = "SOAK_KUBECONFIG")]
+    kubeconfig: Option<String>,
+    /// Controller-lane Machines in flight at once.
+    #[arg(long, env = "SOAK_CONTROLLER_CONCURRENCY", default_value_t = 6)]
+    controller_concurrency: usize,
+    /// Seconds between controller restarts (alternately SIGKILL and SIGTERM); 0 = never.
+    /// Default: --restart-every.
+    #[arg(long, env = "SOAK_CONTROLLER_RESTART_EVERY")]
+    controller_restart_every: Option<u64>,
 }
 
 /// Counters shared by every task.
@@ -135,113 +164,8 @@ impl Tally {
     }
 }
 
-/// The driver subprocess and its history.
-struct Driver {
-    bin: PathBuf,
-    socket: PathBuf,
-    sim_url: String,
-    out_dir: PathBuf,
-    runs: u32,
-    child: Option<Child>,
-    sigkills: u32,
-    sigterms: u32,
-    /// Exit codes of SIGTERM'd runs that were not 0.
-    bad_exits: Vec<String>,
-}
-
-impl Driver {
-    fn log_path(&self, run: u32) -> PathBuf {
-        self.out_dir.join(format!("driver-{run}.log"))
-    }
-
-    async fn start(&mut self) -> Result<(), String> {
-        self.runs += 1;
-        let log = std::fs::File::create(self.log_path(self.runs)).map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(&self.bin)
-            .arg("serve")
-            .arg("--endpoint")
-            .arg(format!("unix://{}", self.socket.display()))
-            .arg("--metal-api-url")
-            .arg(&self.sim_url)
-            .args([
-                "--http-addr",
-                "127.0.0.1:0",
-                "--grace-period",
-                "5s",
-                "--log-format",
-                "json",
-            ])
-            .args(["--api-request-timeout", "10s", "--api-max-retries", "5"])
-            .env_remove("RUST_LOG")
-            .env("METAL_DRIVER_LOG_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .map_err(|_| "the driver did not say `listening on` within 60 s".to_owned())?
-            .map_err(|e| e.to_string())?
-            .ok_or("the driver exited before listening")?;
-        if !first.starts_with("listening on ") {
-            return Err(format!("unexpected first line from the driver: {first}"));
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// Stops the current run: SIGKILL (a crash) or SIGTERM (a rolling update).
-    async fn stop(&mut self, graceful: bool) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if graceful {
-            self.sigterms += 1;
-            if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
-            }
-            match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-                Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => self.bad_exits.push(format!("run {}: {status}", self.runs)),
-                Ok(Err(e)) => self
-                    .bad_exits
-                    .push(format!("run {}: wait failed: {e}", self.runs)),
-                Err(_) => {
-                    self.bad_exits.push(format!(
-                        "run {}: still running 20 s after SIGTERM",
-                        self.runs
-                    ));
-                    let _ = child.kill().await;
-                }
-            }
-        } else {
-            self.sigkills += 1;
-            let _ = child.kill().await;
-        }
-    }
-
-    /// Driver runs whose log mentions a panic.
-    fn panics(&self) -> Vec<String> {
-        (1..=self.runs)
-            .filter_map(|run| {
-                let text = std::fs::read_to_string(self.log_path(run)).unwrap_or_default();
-                text.lines()
-                    .find(|l| l.contains("panicked") || l.contains("RUST_BACKTRACE"))
-                    .map(|l| format!("driver-{run}.log: {l}"))
-            })
-            .collect()
-    }
-}
-
-fn spec(cluster_tag: &str) -> Vec<u8> {
+/// The MachineClass providerSpec of a lane; `cluster_tag` keeps the lanes apart.
+fn spec_json(cluster_tag: &str) -> serde_json::Value {
     json!({
         "projectID": PROJECT,
         "metro": "sv",
@@ -250,8 +174,10 @@ fn spec(cluster_tag: &str) -> Vec<u8> {
         "billingCycle": "hourly",
         "tags": [cluster_tag, "kubernetes.io/role/node"],
     })
-    .to_string()
-    .into_bytes()
+}
+
+fn spec(cluster_tag: &str) -> Vec<u8> {
+    spec_json(cluster_tag).to_string().into_bytes()
 }
 
 fn secrets() -> HashMap<String, Vec<u8>> {
@@ -557,6 +483,74 @@ fn main() -> ExitCode {
     }
 }
 
+type RestartTask = tokio::task::JoinHandle<Result<(), String>>;
+
+/// What runs for the controller lane.
+struct LaneParts {
+    lane: Lane,
+    controller: Arc<tokio::sync::Mutex<Supervised>>,
+    restarter: RestartTask,
+    load: tokio::task::JoinHandle<()>,
+    registrar: tokio::task::JoinHandle<()>,
+}
+
+/// What the controller lane left behind, for the checks.
+struct LaneOutcome {
+    lane: Lane,
+    leftover: Result<Vec<String>, String>,
+    panics: Vec<String>,
+    runs: u32,
+    sigkills: u32,
+    sigterms: u32,
+    bad_exits: Vec<String>,
+    slowest_term_exit: Option<Duration>,
+}
+
+/// Kills and restarts `proc` every `every` seconds (first after `every + offset`),
+/// alternately SIGKILL and SIGTERM, until half a period before `run_until` or `done`.
+fn restart_loop(
+    proc: Arc<tokio::sync::Mutex<Supervised>>,
+    every: u64,
+    offset: Duration,
+    run_until: Instant,
+    done: Arc<AtomicBool>,
+    started: Instant,
+) -> RestartTask {
+    tokio::spawn(async move {
+        if every == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(offset).await;
+        let mut graceful = false;
+        loop {
+            tokio::time::sleep(Duration::from_secs(every)).await;
+            if Instant::now() + Duration::from_secs(every / 2) >= run_until
+                || done.load(Ordering::Relaxed)
+            {
+                return Ok(());
+            }
+            let mut p = proc.lock().await;
+            p.stop(graceful).await;
+            println!(
+                "soak: [{:>5.0}s] {} {} ({}), restarting",
+                started.elapsed().as_secs_f64(),
+                p.role,
+                p.runs,
+                if graceful { "SIGTERM" } else { "SIGKILL" }
+            );
+            p.start().await?;
+            graceful = !graceful;
+        }
+    })
+}
+
+async fn stop_restarter(who: &str, task: RestartTask, tally: &Tally) {
+    task.abort();
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(30), task).await {
+        tally.anomaly(format!("{who} restart failed: {e}"));
+    }
+}
+
 async fn run(args: Args) -> Result<bool, String> {
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(|| rand::rng().random());
@@ -594,17 +588,32 @@ async fn run(args: Args) -> Result<bool, String> {
         .await
         .map_err(|e| format!("simulator: {e}"))?;
 
-    let mut driver = Driver {
-        bin: args.driver_bin.clone().unwrap_or_else(default_driver_bin),
-        socket: socket.clone(),
-        sim_url: sim.base_url(),
-        out_dir: out_dir.clone(),
-        runs: 0,
-        child: None,
-        sigkills: 0,
-        sigterms: 0,
-        bad_exits: Vec::new(),
-    };
+    let endpoint = format!("unix://{}", socket.display());
+    let driver_bin = args.driver_bin.clone().unwrap_or_else(default_driver_bin);
+    let mut driver = Supervised::new(
+        "driver",
+        driver_bin.clone(),
+        [
+            "serve",
+            "--endpoint",
+            &endpoint,
+            "--metal-api-url",
+            &sim.base_url(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grace-period",
+            "5s",
+            "--log-format",
+            "json",
+            "--api-request-timeout",
+            "10s",
+            "--api-max-retries",
+            "5",
+        ]
+        .map(Into::into)
+        .to_vec(),
+        out_dir.clone(),
+    );
     driver.start().await?;
     println!(
         "soak: {} s (+ up to {} s drain), {} machines at once, faults 429={} 5xx={} drop={} latency={} ms, restart every {} s, seed {seed}, logs in {}",
@@ -618,7 +627,7 @@ async fn run(args: Args) -> Result<bool, String> {
         args.restart_every,
         out_dir.display()
     );
-    let cmi = CmiClient::connect(&format!("unix://{}", socket.display()), CALL_DEADLINE)
+    let cmi = CmiClient::connect(&endpoint, CALL_DEADLINE)
         .await
         .map_err(|e| e.to_string())?;
 
@@ -633,38 +642,118 @@ async fn run(args: Args) -> Result<bool, String> {
         hard_stop,
     };
 
-    // The restarter: alternately SIGKILL and SIGTERM, then start again at once.
-    let driver = Arc::new(tokio::sync::Mutex::new(driver));
     let restarts_done = Arc::new(AtomicBool::new(false));
-    let restarter = {
-        let driver = driver.clone();
-        let done = restarts_done.clone();
-        let every = args.restart_every;
-        tokio::spawn(async move {
-            if every == 0 {
-                return Ok::<(), String>(());
-            }
-            let mut graceful = false;
-            loop {
-                tokio::time::sleep(Duration::from_secs(every)).await;
-                if Instant::now() + Duration::from_secs(every / 2) >= run_until
-                    || done.load(Ordering::Relaxed)
-                {
-                    return Ok(());
+    let driver = Arc::new(tokio::sync::Mutex::new(driver));
+    let restarter = restart_loop(
+        driver.clone(),
+        args.restart_every,
+        Duration::ZERO,
+        run_until,
+        restarts_done.clone(),
+        started,
+    );
+
+    // The controller lane, when there is a cluster.
+    let lane_stop = CancellationToken::new();
+    let mut lane_parts = None;
+    if let Some(kubeconfig) = &args.kubeconfig {
+        let client = sim::nodes::client_from(kubeconfig)
+            .await
+            .map_err(|e| e.to_string())?;
+        let lane_tag = format!("kubernetes.io/cluster/soak-ctl-{stamp}");
+        let tally = ctx.tally.clone();
+        let lane = Lane::new(
+            client.clone(),
+            format!("soak-{stamp}"),
+            hard_stop,
+            Arc::new(move |what| tally.anomaly(what)),
+        );
+        lane.setup(spec_json(&lane_tag), &secrets()).await?;
+        // The kubelet's part: a Ready Node for every active device of the lane.
+        let snapshot = sim.device_snapshot();
+        let registrar = tokio::spawn(sim::nodes::run(
+            client,
+            move || {
+                let mut devices = snapshot();
+                devices.retain(|d| d.tags.as_ref().is_some_and(|t| t.contains(&lane_tag)));
+                devices
+            },
+            lane_stop.clone(),
+        ));
+        let mut controller = Supervised::new(
+            "controller",
+            driver_bin.clone(),
+            [
+                "controller",
+                &format!("--control-kubeconfig={kubeconfig}"),
+                &format!("--target-kubeconfig={kubeconfig}"),
+                &format!("--namespace={}", lane.namespace),
+                &format!("--cmi-endpoint={endpoint}"),
+                "--address=127.0.0.1",
+                "--port=0",
+                "--machine-safety-orphan-vms-period=20s",
+                "--machine-health-recheck-period=5s",
+                "--leader-elect-lease-duration=3s",
+                "--leader-elect-renew-deadline=2s",
+                "--leader-elect-retry-period=500ms",
+                "--log-format=json",
+            ]
+            .map(Into::into)
+            .to_vec(),
+            out_dir.clone(),
+        );
+        controller.start().await?;
+        let controller = Arc::new(tokio::sync::Mutex::new(controller));
+        let every = args.controller_restart_every.unwrap_or(args.restart_every);
+        let restarter = restart_loop(
+            controller.clone(),
+            every,
+            Duration::from_secs(every / 2),
+            run_until,
+            restarts_done.clone(),
+            started,
+        );
+        // Lane machines keep starting until --seconds.
+        let load = {
+            let lane = lane.clone();
+            let concurrency = args.controller_concurrency.max(1);
+            tokio::spawn(async move {
+                let permits = Arc::new(Semaphore::new(concurrency));
+                let mut tasks = tokio::task::JoinSet::new();
+                let mut next = 0u64;
+                while Instant::now() < run_until {
+                    let Ok(Ok(permit)) = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        permits.clone().acquire_owned(),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    let name = format!("ctl-{next:05}");
+                    next += 1;
+                    let lane = lane.clone();
+                    tasks.spawn(async move {
+                        lane.machine(name).await;
+                        drop(permit);
+                    });
+                    while tasks.try_join_next().is_some() {}
                 }
-                let mut d = driver.lock().await;
-                d.stop(graceful).await;
-                println!(
-                    "soak: [{:>5.0}s] driver {} ({}), restarting",
-                    started.elapsed().as_secs_f64(),
-                    d.runs,
-                    if graceful { "SIGTERM" } else { "SIGKILL" }
-                );
-                d.start().await?;
-                graceful = !graceful;
-            }
-        })
-    };
+                while tasks.join_next().await.is_some() {}
+            })
+        };
+        println!(
+            "soak: controller lane in namespace {} ({} Machines at once, controller restart every {every} s)",
+            lane.namespace, args.controller_concurrency
+        );
+        lane_parts = Some(LaneParts {
+            lane,
+            controller,
+            restarter,
+            load,
+            registrar,
+        });
+    }
 
     let list_stop = Arc::new(AtomicBool::new(false));
     let lister = {
@@ -696,8 +785,17 @@ async fn run(args: Args) -> Result<bool, String> {
         while tasks.try_join_next().is_some() {}
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
+            let lane = lane_parts.as_ref().map_or(String::new(), |parts| {
+                let t = &parts.lane.tally;
+                format!(
+                    " · Machines started {} Running {} released {}",
+                    t.started.load(Ordering::Relaxed),
+                    t.running.load(Ordering::Relaxed),
+                    t.released.load(Ordering::Relaxed)
+                )
+            });
             println!(
-                "soak: [{:>5.0}s] machines started {} done {} · RPCs {} · faults {:?}",
+                "soak: [{:>5.0}s] machines started {} done {} · RPCs {}{lane} · faults {:?}",
                 started.elapsed().as_secs_f64(),
                 ctx.tally.machines_started.load(Ordering::Relaxed),
                 ctx.tally.machines_done.load(Ordering::Relaxed),
@@ -724,9 +822,34 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     list_stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(60), lister).await;
-    restarter.abort();
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(30), restarter).await {
-        ctx.tally.anomaly(format!("restart failed: {e}"));
+    stop_restarter("driver", restarter, &ctx.tally).await;
+
+    // The controller lane drains too; then its controller stops (gracefully) before the
+    // driver does.
+    let mut lane_outcome = None;
+    if let Some(parts) = lane_parts.take() {
+        stop_restarter("controller", parts.restarter, &ctx.tally).await;
+        let wait = hard_stop.saturating_duration_since(Instant::now()) + Duration::from_secs(60);
+        if tokio::time::timeout(wait, parts.load).await.is_err() {
+            ctx.tally
+                .anomaly("controller-lane Machines still running after the drain".into());
+        }
+        let leftover = parts.lane.leftover_machines().await;
+        let mut controller = parts.controller.lock().await;
+        controller.stop(true).await;
+        lane_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), parts.registrar).await;
+        parts.lane.teardown().await;
+        lane_outcome = Some(LaneOutcome {
+            lane: parts.lane,
+            leftover,
+            panics: controller.panics(),
+            runs: controller.runs,
+            sigkills: controller.sigkills,
+            sigterms: controller.sigterms,
+            bad_exits: controller.bad_exits.clone(),
+            slowest_term_exit: controller.slowest_term_exit(),
+        });
     }
 
     // A final list through the driver, then the simulator's own view once deprovisioning
@@ -765,17 +888,23 @@ async fn run(args: Args) -> Result<bool, String> {
     let api_requests: u64 = stats.requests.values().sum();
     let faults_total: u64 = stats.faults.values().sum();
 
-    let checks: Vec<(&str, bool, String)> = vec![
+    // Lane machines with a device, and those whose providerID changed.
+    let (lane_devices, lane_multi) = lane_outcome
+        .as_ref()
+        .map_or((0, Vec::new()), |o| o.lane.tally.devices());
+    let mut checks: Vec<(&str, bool, String)> = vec![
         (
             "exactly one device per machine",
-            stats.devices_created == machines_created
+            stats.devices_created == machines_created + lane_devices
                 && multi.is_empty()
+                && lane_multi.is_empty()
                 && all_pids.len() as u64 == machines_created,
             format!(
-                "{} devices created for {} machines; {} machines answered with more than one ProviderID",
+                "{} devices created for {} machines ({} of them Machines of the controller lane); {} machines answered with more than one ProviderID",
                 stats.devices_created,
-                machines_created,
-                multi.len()
+                machines_created + lane_devices,
+                lane_devices,
+                multi.len() + lane_multi.len()
             ),
         ),
         (
@@ -835,6 +964,45 @@ async fn run(args: Args) -> Result<bool, String> {
         ),
     ];
 
+    if let Some(o) = &lane_outcome {
+        let lt = &o.lane.tally;
+        let (started_n, running, released, finished) = (
+            lt.started.load(Ordering::Relaxed),
+            lt.running.load(Ordering::Relaxed),
+            lt.released.load(Ordering::Relaxed),
+            lt.finished.load(Ordering::Relaxed),
+        );
+        checks.push((
+            "every Machine Running, then released after delete",
+            started_n > 0 && running == started_n && released == started_n && finished == started_n,
+            format!("{started_n} Machines created, {running} Running, {released} released"),
+        ));
+        checks.push((
+            "no Machine left in the cluster",
+            o.leftover.as_ref().is_ok_and(Vec::is_empty),
+            match &o.leftover {
+                Ok(left) => format!("{} left: {left:?}", left.len()),
+                Err(e) => format!("cannot list Machines: {e}"),
+            },
+        ));
+        checks.push((
+            "no panic in controller logs",
+            o.panics.is_empty(),
+            format!("{} controller runs, {} panics", o.runs, o.panics.len()),
+        ));
+        checks.push((
+            "SIGTERM'd controllers exit 0",
+            o.bad_exits.is_empty(),
+            format!(
+                "{} SIGTERM (slowest exit {:.1} s), {} SIGKILL, bad exits: {:?}",
+                o.sigterms,
+                o.slowest_term_exit.map_or(0.0, |d| d.as_secs_f64()),
+                o.sigkills,
+                o.bad_exits
+            ),
+        ));
+    }
+
     let elapsed = started.elapsed();
     println!(
         "\nsoak finished after {:.0} s (seed {seed})",
@@ -856,12 +1024,47 @@ async fn run(args: Args) -> Result<bool, String> {
         "  driver: {} runs ({} SIGKILL, {} SIGTERM)",
         driver.runs, driver.sigkills, driver.sigterms
     );
+    let lane_json = lane_outcome.as_ref().map(|o| {
+        let lt = &o.lane.tally;
+        let to_running = median_max(&lt.to_running.lock().unwrap());
+        let to_released = median_max(&lt.to_released.lock().unwrap());
+        let phases = lt.phases.lock().unwrap().clone();
+        println!(
+            "  controller lane: {} Machines, {} Running (create → Running median {:.1} s, max {:.1} s), {} released (delete → gone median {:.1} s, max {:.1} s); phases seen {phases:?}",
+            lt.started.load(Ordering::Relaxed),
+            lt.running.load(Ordering::Relaxed),
+            to_running.0,
+            to_running.1,
+            lt.released.load(Ordering::Relaxed),
+            to_released.0,
+            to_released.1,
+        );
+        println!(
+            "  controller: {} runs ({} SIGKILL, {} SIGTERM)",
+            o.runs, o.sigkills, o.sigterms
+        );
+        json!({
+            "namespace": o.lane.namespace,
+            "machines": lt.started.load(Ordering::Relaxed),
+            "running": lt.running.load(Ordering::Relaxed),
+            "released": lt.released.load(Ordering::Relaxed),
+            "devices": lane_devices,
+            "to_running_s": { "median": to_running.0, "max": to_running.1 },
+            "to_released_s": { "median": to_released.0, "max": to_released.1 },
+            "phases_seen": phases,
+            "controller_runs": o.runs,
+            "sigkill": o.sigkills,
+            "sigterm": o.sigterms,
+            "panics": o.panics,
+        })
+    });
     println!("  RPC answers by method and code:");
     for ((method, code), n) in &outcomes {
         println!("    {method:<17} {code:<18} {n}");
     }
     for m in multi
         .iter()
+        .chain(lane_multi.iter())
         .chain(anomalies.iter().take(20))
         .chain(panics.iter())
     {
@@ -890,6 +1093,7 @@ async fn run(args: Args) -> Result<bool, String> {
         "rpc_outcomes": outcomes.iter().map(|((m, c), n)| (format!("{m} {c}"), *n)).collect::<BTreeMap<_, _>>(),
         "anomalies": anomalies,
         "panics": panics,
+        "controller_lane": lane_json,
         "checks": checks.iter().map(|(n, p, f)| json!({"check": n, "ok": p, "figure": f})).collect::<Vec<_>>(),
         "ok": ok,
     });
