@@ -8,6 +8,7 @@
 pub mod cmi;
 pub mod controller;
 pub mod demo;
+pub mod heap;
 pub mod machine_cli;
 pub mod manifest;
 pub mod metal;

@@ -45,6 +45,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Controller(_)) {
+        // The controller's memory is its caches; one arena keeps their burst from being held
+        // per thread (see `heap`).
+        metal_driver::heap::limit_malloc_arenas(1);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
