@@ -254,9 +254,12 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
     let provider_spec = serde_json::to_vec(&class.provider_spec).unwrap_or_default();
     let spec_provider_id = m.provider_id().unwrap_or_default().to_owned();
 
-    // 1. Is there a device already?
+    // 1. Is there a device already? Only asked when the Machine names one: without a
+    //    ProviderID, MCM's flow would look it up by name first, but our CreateMachine is
+    //    that lookup (it adopts the machine's device when one exists and never creates a
+    //    second), so asking first would cost every new machine a second list call.
     let mut found = None;
-    if ctx.capabilities.has(RpcType::GetMachineStatus) {
+    if !spec_provider_id.is_empty() && ctx.capabilities.has(RpcType::GetMachineStatus) {
         let request = GetMachineStatusRequest {
             machine_name: name.clone(),
             provider_spec: provider_spec.clone(),
