@@ -201,6 +201,24 @@ impl Lane {
         }
     }
 
+    /// Counts a wait that ended well (and how long it took since `since`), or reports the
+    /// one that did not: `{secs}` in the message becomes the seconds waited.
+    fn outcome(
+        &self,
+        ok: bool,
+        since: Instant,
+        (count, took): (&AtomicU64, &Mutex<Vec<f64>>),
+        failure: impl FnOnce() -> String,
+    ) {
+        let secs = since.elapsed().as_secs_f64();
+        if ok {
+            count.fetch_add(1, Ordering::Relaxed);
+            took.lock().unwrap().push(secs);
+        } else {
+            (self.anomaly)(failure().replace("{secs}", &format!("{secs:.0}")));
+        }
+    }
+
     /// One lane machine: create → Running → delete → gone.
     pub async fn machine(&self, name: String) {
         self.tally.started.fetch_add(1, Ordering::Relaxed);
@@ -249,19 +267,12 @@ impl Lane {
             }
             tokio::time::sleep(POLL).await;
         }
-        if running {
-            self.tally.running.fetch_add(1, Ordering::Relaxed);
-            self.tally
-                .to_running
-                .lock()
-                .unwrap()
-                .push(created.elapsed().as_secs_f64());
-        } else {
-            (self.anomaly)(format!(
-                "{name}: not Running {:.0} s after create (phases seen {seen:?})",
-                created.elapsed().as_secs_f64()
-            ));
-        }
+        self.outcome(
+            running,
+            created,
+            (&self.tally.running, &self.tally.to_running),
+            || format!("{name}: not Running {{secs}} s after create (phases seen {seen:?})"),
+        );
 
         // Delete even when it never ran: the controller must release it either way.
         let deleting = Instant::now();
@@ -284,19 +295,12 @@ impl Lane {
             }
             tokio::time::sleep(POLL).await;
         }
-        if released {
-            self.tally.released.fetch_add(1, Ordering::Relaxed);
-            self.tally
-                .to_released
-                .lock()
-                .unwrap()
-                .push(deleting.elapsed().as_secs_f64());
-        } else {
-            (self.anomaly)(format!(
-                "{name}: still present {:.0} s after delete",
-                deleting.elapsed().as_secs_f64()
-            ));
-        }
+        self.outcome(
+            released,
+            deleting,
+            (&self.tally.released, &self.tally.to_released),
+            || format!("{name}: still present {{secs}} s after delete"),
+        );
         self.tally.finished.fetch_add(1, Ordering::Relaxed);
     }
 
