@@ -4,8 +4,9 @@
 //! per core) and keeps every arena's high-water mark: a controller whose tokio workers all
 //! decoded the initial Machine list holds that burst in several arenas for good. Measured
 //! with 500 Machines (BENCHMARKS.md, item 6): idle RSS 45.5 MiB with glibc's default,
-//! 42.5 MiB with two arenas, 36.0 MiB with one, at the same CPU time (the controller waits
-//! on the API server, not on malloc).
+//! 42.5 MiB with two arenas, 36.0 MiB with one, for about the same CPU (11.2 against 10.8
+//! CPU seconds for the scale-up: the controller mostly waits on the API server, not on
+//! malloc).
 
 /// Caps glibc's malloc at `arenas` arenas for the rest of the process. Call it before the
 /// async runtime starts its threads. A no-op where the C library is not glibc (the static
