@@ -660,6 +660,13 @@ async fn a_machine_lifecycle_from_samples() {
                 phases.contains(&"Pending".to_owned()),
                 "phases seen: {phases:?}"
             );
+            // Counted before this test lists devices itself: the whole create cost one lookup
+            // and one POST. The controller leaves the lookup to CreateMachine (which adopts an
+            // existing device) rather than asking GetMachineStatus first for a Machine without
+            // a ProviderID.
+            let stats = stack.sim_stats().await;
+            assert_eq!(stats["requests"]["createDevice"], 1, "{stats}");
+            assert_eq!(stats["requests"]["findProjectDevices"], 1, "{stats}");
             assert!(m.finalizers().iter().any(|f| f == MACHINE_FINALIZER));
             assert_eq!(
                 m.annotations()
