@@ -29,6 +29,8 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use metal_driver::controller::crd::{ClassSpec, Machine, MachineClass, MachineSpec};
+
+use crate::ids::IdsByMachine;
 use serde_json::Value;
 
 /// How long a lane machine may take to reach Running, and to be released after delete.
@@ -48,25 +50,12 @@ pub struct LaneTally {
     pub released: AtomicU64,
     pub finished: AtomicU64,
     /// Machine → every `spec.providerID` observed on it.
-    pub provider_ids: Mutex<HashMap<String, HashSet<String>>>,
+    pub provider_ids: IdsByMachine,
     /// Seconds from `create` to `Running`, and from `delete` to gone.
     pub to_running: Mutex<Vec<f64>>,
     pub to_released: Mutex<Vec<f64>>,
     /// Phases observed at least once, with how many machines showed them.
     pub phases: Mutex<BTreeMap<String, u64>>,
-}
-
-impl LaneTally {
-    /// Machines that got a providerID, and those that got more than one.
-    pub fn devices(&self) -> (u64, Vec<String>) {
-        let ids = self.provider_ids.lock().unwrap();
-        let multi = ids
-            .iter()
-            .filter(|(_, p)| p.len() > 1)
-            .map(|(m, p)| format!("{m}: providerIDs {p:?}"))
-            .collect();
-        (ids.values().filter(|p| !p.is_empty()).count() as u64, multi)
-    }
 }
 
 /// The lane: a namespace with a Secret and a MachineClass, and the Machines it drives.
@@ -191,13 +180,7 @@ impl Lane {
 
     fn record_provider_id(&self, name: &str, m: &Machine) {
         if let Some(pid) = m.provider_id().filter(|p| !p.is_empty()) {
-            self.tally
-                .provider_ids
-                .lock()
-                .unwrap()
-                .entry(name.to_owned())
-                .or_default()
-                .insert(pid.to_owned());
+            self.tally.provider_ids.record(name, pid);
         }
     }
 
@@ -222,11 +205,7 @@ impl Lane {
     /// One lane machine: create → Running → delete → gone.
     pub async fn machine(&self, name: String) {
         self.tally.started.fetch_add(1, Ordering::Relaxed);
-        self.tally
-            .provider_ids
-            .lock()
-            .unwrap()
-            .insert(name.clone(), HashSet::new());
+        self.tally.provider_ids.start(&name);
         let api = self.machines();
         let mut obj = Machine::new(
             &name,

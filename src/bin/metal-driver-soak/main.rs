@@ -59,10 +59,12 @@ use tonic::Code;
 
 use crate::{
     controller_lane::{Lane, median_max},
+    ids::IdsByMachine,
     process::Supervised,
 };
 
 mod controller_lane;
+mod ids;
 mod process;
 
 const PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
@@ -136,7 +138,7 @@ struct Tally {
     machines_started: AtomicU64,
     machines_done: AtomicU64,
     /// Machine name → every ProviderID a create answered for it.
-    created: Mutex<HashMap<String, HashSet<String>>>,
+    created: IdsByMachine,
     /// Machines whose workflow began (list may show them).
     known: Mutex<HashSet<String>>,
     /// Problems found while running (each one fails the soak).
@@ -341,13 +343,7 @@ impl Ctx {
     }
 
     fn record_create(&self, name: &str, provider_id: &str) {
-        self.tally
-            .created
-            .lock()
-            .unwrap()
-            .entry(name.to_owned())
-            .or_default()
-            .insert(provider_id.to_owned());
+        self.tally.created.record(name, provider_id);
     }
 
     /// One machine's life: create (sometimes twice at once), status polls, delete, and a
@@ -431,7 +427,7 @@ impl Ctx {
             if let Ok(list) = self.list().await {
                 self.tally.lists.fetch_add(1, Ordering::Relaxed);
                 let known = self.tally.known.lock().unwrap().clone();
-                let created = self.tally.created.lock().unwrap().clone();
+                let created = self.tally.created.snapshot();
                 for (pid, host) in list {
                     if !known.contains(&host) {
                         self.tally.list_unknown.fetch_add(1, Ordering::Relaxed);
@@ -870,13 +866,8 @@ async fn run(args: Args) -> Result<bool, String> {
     sim.shutdown().await;
 
     let t = &ctx.tally;
-    let created = t.created.lock().unwrap().clone();
-    let machines_created = created.len() as u64;
-    let multi: Vec<String> = created
-        .iter()
-        .filter(|(_, pids)| pids.len() > 1)
-        .map(|(m, pids)| format!("{m}: {pids:?}"))
-        .collect();
+    let created = t.created.snapshot();
+    let (machines_created, multi) = t.created.devices();
     let all_pids: HashSet<&String> = created.values().flatten().collect();
     let anomalies = t.anomalies.lock().unwrap().clone();
     let outcomes = t.outcomes.lock().unwrap().clone();
@@ -891,7 +882,7 @@ async fn run(args: Args) -> Result<bool, String> {
     // Lane machines with a device, and those whose providerID changed.
     let (lane_devices, lane_multi) = lane_outcome
         .as_ref()
-        .map_or((0, Vec::new()), |o| o.lane.tally.devices());
+        .map_or((0, Vec::new()), |o| o.lane.tally.provider_ids.devices());
     let mut checks: Vec<(&str, bool, String)> = vec![
         (
             "exactly one device per machine",
