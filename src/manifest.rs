@@ -17,8 +17,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use serde::Deserialize as _;
-use serde_yaml::Value;
+use serde_json::Value;
 
 /// The `apiVersion` of MCM's MachineClass (the only served version).
 pub const MACHINE_CLASS_API_VERSION: &str = "machine.sapcloud.io/v1alpha1";
@@ -228,16 +227,19 @@ fn read(path: &Path) -> Result<String, ManifestError> {
 
 /// Splits a (possibly multi-document) YAML text; empty documents are dropped, as kubectl does.
 fn documents(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
-    let mut values = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(document).map_err(|error| ManifestError::Syntax {
+    // No snippet in errors: a rendered snippet would quote the input, and a Secret's input
+    // is secret.
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    options.crop_radius = 0;
+    let values: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|error| ManifestError::Syntax {
             file: file.to_owned(),
             message: error.to_string(),
-        })?;
-        if !value.is_null() {
-            values.push(value);
-        }
-    }
+        })?
+        .into_iter()
+        .filter(|value: &Value| !value.is_null())
+        .collect();
     let several = values.len() > 1;
     Ok(values
         .into_iter()
@@ -271,9 +273,8 @@ fn type_name(value: &Value) -> &'static str {
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
-        Value::Sequence(_) => "a list",
-        Value::Mapping(_) => "an object",
-        Value::Tagged(_) => "a tagged value",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -329,7 +330,7 @@ impl Document {
     fn metadata(&self) -> Result<(Option<String>, Option<String>), ManifestError> {
         match self.value.get("metadata") {
             None | Some(Value::Null) => Ok((None, None)),
-            Some(metadata @ Value::Mapping(_)) => Ok((
+            Some(metadata @ Value::Object(_)) => Ok((
                 self.optional_string(metadata, "name", "metadata.name")?,
                 self.optional_string(metadata, "namespace", "metadata.namespace")?,
             )),
@@ -343,7 +344,7 @@ impl Document {
     fn secret_reference(&self, key: &str) -> Result<Option<SecretReference>, ManifestError> {
         match self.value.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(reference @ Value::Mapping(_)) => {
+            Some(reference @ Value::Object(_)) => {
                 let name = self
                     .optional_string(reference, "name", &format!("{key}.name"))?
                     .filter(|name| !name.is_empty())
@@ -372,7 +373,7 @@ fn decode_machine_class(document: &Document) -> Result<MachineClass, ManifestErr
             };
             return Err(document.missing("providerSpec", hint));
         }
-        Some(spec @ Value::Mapping(_)) => spec,
+        Some(spec @ Value::Object(_)) => spec,
         Some(other) => {
             return Err(document.invalid(
                 "providerSpec",
@@ -418,7 +419,7 @@ fn valid_secret_key(key: &str) -> bool {
 fn entries(document: &Document, field: &str) -> Result<Vec<(String, String)>, ManifestError> {
     let mapping = match document.value.get(field) {
         None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Mapping(mapping)) => mapping,
+        Some(Value::Object(mapping)) => mapping,
         Some(other) => {
             return Err(document.invalid(
                 field,
@@ -428,12 +429,7 @@ fn entries(document: &Document, field: &str) -> Result<Vec<(String, String)>, Ma
     };
     let mut out = Vec::with_capacity(mapping.len());
     for (key, value) in mapping {
-        let Some(key) = key.as_str() else {
-            return Err(document.invalid(
-                field,
-                format!("a key is {}, expected a string", type_name(key)),
-            ));
-        };
+        let key = key.as_str();
         if !valid_secret_key(key) {
             return Err(document.invalid(
                 &format!("{field}.{key}"),
@@ -650,6 +646,21 @@ credentialsSecretRef: {name: creds, namespace: default}
             error.starts_with("machine-class.yaml: invalid YAML: "),
             "{error}"
         );
+    }
+
+    /// A YAML error in a Secret file must not quote the line it is on: that line may hold
+    /// the token.
+    #[test]
+    fn syntax_errors_never_quote_the_secret() {
+        for text in [
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  apiToken: TOPSECRET-1 : [\n",
+            "apiVersion: v1\nkind: Secret\nstringData:\n  apiToken: \"TOPSECRET-1\n",
+            "apiVersion: v1\nkind: Secret\nstringData: {apiToken: TOPSECRET-1\n",
+        ] {
+            let error = parse_secrets("secret.yaml", text).unwrap_err().to_string();
+            assert!(error.starts_with("secret.yaml: invalid YAML: "), "{error}");
+            assert!(!error.contains("TOPSECRET"), "{error}");
+        }
     }
 
     #[test]

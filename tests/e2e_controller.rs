@@ -487,7 +487,7 @@ async fn apply_sample(
     edit: impl FnOnce(&mut Value),
 ) -> String {
     let text = std::fs::read_to_string(repo_root().join("kubernetes").join(file)).expect("sample");
-    let mut obj: Value = serde_yaml::from_str(&text).expect("sample yaml");
+    let mut obj: Value = serde_saphyr::from_str(&text).expect("sample yaml");
     obj["metadata"]["namespace"] = json!(ns);
     for r in ["secretRef", "credentialsSecretRef"] {
         if obj.get(r).is_some() {

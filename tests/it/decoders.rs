@@ -196,7 +196,7 @@ proptest! {
         doc.insert("providerSpec".into(), body);
         doc.insert("data".into(), json!({ "apiToken": data, "userData": SECRET_VALUE }));
         doc.insert("stringData".into(), json!({ "apiToken": SECRET_VALUE }));
-        let text = serde_yaml::to_string(&Value::Object(doc)).unwrap();
+        let text = serde_saphyr::to_string(&Value::Object(doc)).unwrap();
         if let Err(e) = parse_machine_class("class.yaml", &text) {
             let m = e.to_string();
             prop_assert!(m.starts_with("class.yaml"), "{m}");
