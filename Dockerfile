@@ -48,9 +48,9 @@ FROM ${RUNTIME_IMAGE}
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 # The repository URL and the SPDX licence expression: `make image` fills SOURCE from the git
-# remote; the crate declares no licence yet, hence NOASSERTION (SPDX for "not stated").
+# remote; the licence is the crate's (Cargo.toml `license`, LICENSE).
 ARG SOURCE=""
-ARG LICENSES=NOASSERTION
+ARG LICENSES=Apache-2.0
 LABEL org.opencontainers.image.title="metal-driver" \
       org.opencontainers.image.description="Equinix Metal provider for Gardener's machine-controller-manager: CMI gRPC driver, machine controller, Metal API simulator" \
       org.opencontainers.image.version="${VERSION}" \

@@ -84,7 +84,7 @@ cat >"$OUT_DIR/image-rootfs.config.json" <<EOF
       "org.opencontainers.image.version": "$VERSION",
       "org.opencontainers.image.revision": "$REVISION",
       "org.opencontainers.image.source": "$SOURCE",
-      "org.opencontainers.image.licenses": "NOASSERTION"
+      "org.opencontainers.image.licenses": "Apache-2.0"
     }
   }
 }
