@@ -40,10 +40,15 @@ conformance: ## OpenAPI (Prism) and independent gRPC client conformance
 	hack/conformance.sh
 
 .PHONY: lint
-lint: ## rustfmt check, clippy with warnings as errors, layering check
+lint: ## rustfmt check, clippy with warnings as errors, layering check, cargo-deny (licences, bans, sources)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	hack/check-layering.sh
+	hack/cargo-deny.sh
+
+.PHONY: audit
+audit: ## cargo-deny advisories (needs the RustSec database from its git host: not reachable from CI here)
+	hack/cargo-deny.sh check advisories
 
 .PHONY: fmt
 fmt: ## format the code

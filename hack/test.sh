@@ -2,7 +2,7 @@
 # The README's test command: everything a fresh machine needs is installed by the scripts
 # this calls (cached under ${METAL_DRIVER_CACHE:-$HOME/.cache/metal-driver}).
 #   1. Rust unit + integration tests (real gRPC over loopback against the simulator)
-#   2. layering check (provider logic stays transport-free)
+#   2. lint: rustfmt, clippy, layering rules of design §2, cargo-deny (licences, bans, sources)
 #   3. conformance: Prism validating proxy against the official Metal OpenAPI spec,
 #      independent Python grpcio client from the reference cmi.proto, proto compatibility
 #   4. controller end-to-end tests on a real kube-apiserver + etcd (+ MCM) built from Go modules
@@ -18,8 +18,9 @@ cargo test --all-targets
 step "soak (60 s: faults, driver and controller restarts, invariants)"
 hack/soak.sh 60
 
-step "layering"
-hack/check-layering.sh
+# rustfmt, clippy -D warnings, the layering rules (self-tested), cargo-deny licences/bans/sources.
+step "lint"
+make --no-print-directory lint
 
 # Benchmarks are never pass/fail; this only keeps them compiling and running (~30 s, debug).
 step "bench smoke"
