@@ -22,6 +22,7 @@ pub mod health;
 pub mod leader;
 pub mod machine;
 pub mod machine_class;
+pub mod machine_metrics;
 pub mod orphans;
 pub mod secrets;
 pub mod status;
@@ -412,6 +413,10 @@ async fn run_with(
     // The Machine cache is the controller's memory: one entry per Machine, trimmed of what
     // is never read (managedFields grow with every writer; see BENCHMARKS.md, item 6).
     let (machine_store, machine_writer) = reflector::store::<DeserializeGuard<Machine>>();
+    // MCM's scrape-time Machine series, read from this cache while we lead.
+    metrics.mcm.attach(Arc::new(machine_metrics::CacheSource(
+        machine_store.clone(),
+    )));
     let machine_events = reflector(
         machine_writer,
         watcher(machines.clone(), watcher::Config::default()).modify(crd::trim_for_cache),
@@ -479,6 +484,7 @@ async fn run_with(
     tracing::info!(namespace = %ns, target = ctx.has_target(), "machine controller running");
     tokio::join!(machine_task, class_task, orphan_task, class_cache);
     metrics.controller.set_leader(false);
+    metrics.mcm.detach();
     readiness.set(false);
     if lost.is_cancelled() && !shutdown.is_cancelled() {
         return Err(Error::LeadershipLost(

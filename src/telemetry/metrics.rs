@@ -21,6 +21,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use super::mcm::McmMachineMetrics;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -328,6 +329,8 @@ pub struct Metrics {
     pub metal: MetalApiMetrics,
     pub grpc: GrpcMetrics,
     pub controller: ControllerMetrics,
+    /// MCM's machine-controller series (see [`super::mcm`]).
+    pub mcm: McmMachineMetrics,
 }
 
 impl Default for Metrics {
@@ -341,7 +344,9 @@ impl Metrics {
         let metal = MetalApiMetrics::new();
         let grpc = GrpcMetrics::new();
         let controller = ControllerMetrics::new();
+        let mcm = McmMachineMetrics::new();
         let mut registry = Registry::default();
+        mcm.register(&mut registry);
         {
             let r = registry.sub_registry_with_prefix("metal_driver");
             r.register(
@@ -428,6 +433,7 @@ impl Metrics {
             metal,
             grpc,
             controller,
+            mcm,
         }
     }
 

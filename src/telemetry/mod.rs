@@ -1,6 +1,7 @@
 //! Logs, metrics and the HTTP side port (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod admin;
+pub mod mcm;
 pub mod metrics;
 
 pub use metrics::Metrics;
