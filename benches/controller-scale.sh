@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5, item 7 (and the `controller` half of item 6): the machine controller at scale on a
+# BENCHMARKS.md item 7 (and the `controller` half of item 6): the machine controller at scale on a
 # real kube-apiserver + etcd + Gardener's machine-controller-manager (hack/e2e-env.sh), with
 # `metal-driver sim` (provisioning REPLICAS devices, registering their Nodes), `serve` and
 # `controller` from the release binary.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end tests of the machine controller (issue 4, item 4 a–e): brings the local Kubernetes
+# End-to-end tests of the machine controller: brings the local Kubernetes
 # environment up (hack/e2e-env.sh: real etcd + kube-apiserver + MCM's CRDs; the Go binaries are
 # built once and cached), runs tests/e2e_controller.rs against it, and brings it down.
 #

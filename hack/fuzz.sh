@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz every decoder that sees outside input (issue 6): providerSpec JSON, Secret maps,
+# Fuzz every decoder that sees outside input: providerSpec JSON, Secret maps,
 # ProviderID strings, Metal API response bodies, CLI YAML.
 #   hack/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     default: $FUZZ_SECONDS or 120, all targets
 # Needs cargo-fuzz (`cargo install cargo-fuzz`, installed here if missing) and libFuzzer's

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fault-injection soak of `metal-driver serve` and `metal-driver controller` (issue 6).
+# Fault-injection soak of `metal-driver serve` and `metal-driver controller`.
 #   hack/soak.sh [SECONDS]      default: $SOAK_SECONDS or 600 (10 minutes)
 # Builds the driver and the soak binary, then runs target/debug/metal-driver-soak: an
 # in-process simulator with ~20% mixed faults (429 + Retry-After, 500/503, latency,

@@ -1,6 +1,6 @@
 //! End-to-end tests of `metal-driver controller` against a real kube-apiserver + etcd (and MCM's
 //! own `machine-controller-manager` binary where named), with `metal-driver sim` and
-//! `metal-driver serve` as subprocesses on loopback. Issue 4, item 4 a–e.
+//! `metal-driver serve` as subprocesses on loopback.
 //!
 //! These are `#[ignore]`d so plain `cargo test` stays fast; run them with `hack/e2e.sh` (or
 //! `make e2e`), which brings the environment up, sets `METAL_DRIVER_E2E=1` and `KUBECONFIG`,

@@ -5,7 +5,7 @@
 //! requests per RPC counted from the API side), and the load comes from this process's
 //! runtime (tonic for gRPC, reqwest for direct API calls) and, for item 2, from `ghz`.
 //!
-//! Items (the numbers of issue 5): 1 added latency, 2 throughput against a slow API, 3 API
+//! Items (as numbered in BENCHMARKS.md): 1 added latency, 2 throughput against a slow API, 3 API
 //! requests per RPC, 4 ListMachines at scale, 5 create storm, 6 footprint. Results are
 //! printed as Markdown (medians and min–max spreads over rounds) and written to `--out`.
 //!
@@ -38,7 +38,7 @@ const ROLE_TAG: &str = "kubernetes.io/role/node";
 const IDENTITY_PREFIX: &str = "machine.sapcloud.io/name:";
 const RPC_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// End-to-end benchmarks of metal-driver (issue 5, items 1-6).
+/// End-to-end benchmarks of metal-driver (BENCHMARKS.md items 1-6).
 #[derive(Parser, Debug)]
 #[command(name = "metal-driver-bench")]
 struct Args {

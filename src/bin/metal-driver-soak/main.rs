@@ -1,4 +1,4 @@
-//! `metal-driver-soak`: the fault-injection soak (issue 6, `make soak`, `hack/soak.sh`).
+//! `metal-driver-soak`: the fault-injection soak (`make soak`, `hack/soak.sh`).
 //!
 //! Starts the Metal API simulator in-process with mixed faults (429 with Retry-After,
 //! 500/503, added latency, commit-then-drop), runs `metal-driver serve` as a subprocess on a
