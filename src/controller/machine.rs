@@ -54,6 +54,7 @@ use super::{
     error::{Error, Result, is_not_found},
     health,
     secrets::{self, SecretData},
+    similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 
@@ -137,8 +138,14 @@ async fn class_of(m: &Machine, ctx: &Context) -> Result<MachineClass> {
         })
 }
 
+/// Writes `update` to the status subresource, unless it would change nothing but timestamps
+/// (MCM's similar-status rule, [`super::similar`]).
 async fn patch_status(m: &Machine, ctx: &Context, update: &StatusUpdate) -> Result<()> {
     if update.is_empty() {
+        return Ok(());
+    }
+    if similar::is_similar(update, m.status.as_ref(), Timestamp::now()) {
+        tracing::debug!(machine = %m.name_any(), "status similar to the current one; not written");
         return Ok(());
     }
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
@@ -632,6 +639,62 @@ mod tests {
             json!({"finalizers": [MACHINE_FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}),
         );
         reconcile(guard(m), context(client)).await.unwrap();
+        mock.await.unwrap();
+    }
+
+    /// A create retried after a transient driver error writes its status once: the second
+    /// attempt's status differs only in timestamps (MCM's similar-status rule).
+    #[tokio::test]
+    async fn a_repeated_create_failure_writes_the_status_once() {
+        let class = json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineClass",
+                           "metadata": {"name": "c", "namespace": "ns", "finalizers": [MACHINE_FINALIZER]},
+                           "providerSpec": {}, "secretRef": {"name": "s", "namespace": "ns"}});
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ns"},
+                            "data": {"userData": "I2Nsb3VkLWNvbmZpZw=="}});
+        let written = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+        let keep = written.clone();
+        let (client, mock) = mock_client(vec![
+            Call::new("GET", format!("{CLASSES}/c"), 200, class.clone()),
+            Call::new(
+                "GET",
+                "/api/v1/namespaces/ns/secrets/s",
+                200,
+                secret.clone(),
+            ),
+            Call::new(
+                "PATCH",
+                format!("{MACHINES}/m/status?"),
+                200,
+                machine(json!({})),
+            )
+            .body(move |b| {
+                *keep.lock().unwrap() = b["status"].clone();
+            }),
+        ]);
+        let m = machine(json!({"finalizers": [MACHINE_FINALIZER],
+                               "creationTimestamp": Timestamp::now().to_string()}));
+        let action = reconcile(guard(m.clone()), context(client)).await.unwrap();
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
+        mock.await.unwrap();
+        let status = written.lock().unwrap().clone();
+        assert_eq!(
+            status["currentStatus"]["phase"], "CrashLoopBackOff",
+            "{status}"
+        );
+        assert_eq!(
+            status["lastOperation"]["errorCode"], "Unavailable",
+            "{status}"
+        );
+
+        // The retry sees the written status; it fails the same way and writes nothing.
+        let mut again = m;
+        again["status"] = status;
+        let (client, mock) = mock_client(vec![
+            Call::new("GET", format!("{CLASSES}/c"), 200, class),
+            Call::new("GET", "/api/v1/namespaces/ns/secrets/s", 200, secret),
+        ]);
+        let action = reconcile(guard(again), context(client)).await.unwrap();
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
         mock.await.unwrap();
     }
 

@@ -25,6 +25,7 @@ pub mod machine_class;
 pub mod machine_metrics;
 pub mod orphans;
 pub mod secrets;
+pub mod similar;
 pub mod status;
 
 use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
