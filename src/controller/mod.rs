@@ -24,6 +24,7 @@ pub mod machine;
 pub mod machine_class;
 pub mod machine_metrics;
 pub mod orphans;
+pub mod rate_limit;
 pub mod secrets;
 pub mod similar;
 pub mod status;
@@ -179,18 +180,18 @@ pub struct ControllerArgs {
     pub concurrent_syncs: u16,
 }
 
-/// MCM flags that Gardener's `ProviderSidecarContainer` passes to every provider sidecar.
-/// They are accepted so the extension's webhook can inject this controller with the stock
-/// helper; none of them changes behaviour here (kube-rs has no client-side QPS limiter, the
-/// API-server safety freeze is not implemented, and the log level is `--log-level`).
+/// MCM flags that Gardener's `ProviderSidecarContainer` passes to every provider sidecar,
+/// so the extension's webhook can inject this controller with the stock helper.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct GardenerCompatArgs {
-    /// Accepted for Gardener compatibility; not applied (see above).
-    #[arg(long, env = "KUBE_API_QPS", hide_short_help = true)]
+    /// Requests per second each Kubernetes client may send (token-bucket refill rate, as
+    /// client-go's). Default 20, MCM's.
+    #[arg(long, env = "KUBE_API_QPS", value_parser = rate_limit::parse_qps)]
     pub kube_api_qps: Option<f32>,
 
-    /// Accepted for Gardener compatibility; not applied.
-    #[arg(long, env = "KUBE_API_BURST", hide_short_help = true)]
+    /// Requests each Kubernetes client may send at once after a quiet period (token-bucket
+    /// capacity). Default 30, MCM's.
+    #[arg(long, env = "KUBE_API_BURST", value_parser = rate_limit::parse_burst)]
     pub kube_api_burst: Option<u32>,
 
     /// Accepted for Gardener compatibility; not applied (no API-server freeze yet).
@@ -206,8 +207,9 @@ pub struct GardenerCompatArgs {
     pub verbosity: Option<u8>,
 }
 
-/// Builds a client from a kubeconfig flag value (path, `inClusterConfig`, or empty).
-pub async fn kube_client(flag: &str) -> Result<Client> {
+/// Builds a client from a kubeconfig flag value (path, `inClusterConfig`, or empty), with
+/// its own token bucket of `rate` ([`rate_limit`]).
+pub async fn kube_client(flag: &str, rate: rate_limit::Rate) -> Result<Client> {
     let fail = |reason: String| Error::Kubeconfig {
         path: flag.to_owned(),
         reason,
@@ -222,7 +224,10 @@ pub async fn kube_client(flag: &str) -> Result<Client> {
                 .map_err(|e| fail(e.to_string()))?
         }
     };
-    Client::try_from(config).map_err(|e| fail(e.to_string()))
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| fail(e.to_string()))?;
+    Ok(builder
+        .with_layer(&rate_limit::RateLimitLayer::new(rate))
+        .build())
 }
 
 /// Connects to the driver, retrying until it answers Probe with ready (or shutdown).
@@ -328,11 +333,12 @@ async fn run_with(
     metrics: Metrics,
     readiness: admin::Readiness,
 ) -> Result<()> {
-    let client = kube_client(&args.control_kubeconfig).await?;
+    let rate = rate_limit::Rate::new(args.gardener.kube_api_qps, args.gardener.kube_api_burst);
+    let client = kube_client(&args.control_kubeconfig, rate).await?;
     let target = match args.target_kubeconfig.as_str() {
         NO_TARGET => None,
         "" => Some(client.clone()),
-        flag => Some(kube_client(flag).await?),
+        flag => Some(kube_client(flag, rate).await?),
     };
     let Some((cmi, capabilities)) = connect_driver(&args, &shutdown).await? else {
         return Ok(());
@@ -348,7 +354,10 @@ async fn run_with(
             renew_deadline: args.leader_elect_renew_deadline,
             retry_period: args.leader_elect_retry_period,
         };
-        match leader::acquire(client.clone(), cfg, &shutdown).await? {
+        // Its own client and bucket (MCM's separate leader-election client), so lease
+        // renewals never queue behind a busy controller's requests.
+        let lease_client = kube_client(&args.control_kubeconfig, rate).await?;
+        match leader::acquire(lease_client, cfg, &shutdown).await? {
             Some(l) => Some(l),
             None => return Ok(()),
         }
@@ -537,5 +546,23 @@ mod args_tests {
         assert_eq!(cli.args.machine_safety_orphan_vms_period.as_secs(), 30 * 60);
         assert_eq!(cli.args.machine_drain_timeout.as_secs(), 2 * 3600);
         assert_eq!(cli.args.gardener.kube_api_qps, Some(100.0));
+        assert_eq!(cli.args.gardener.kube_api_burst, Some(200));
+    }
+
+    /// A rate that cannot work is refused at start-up, naming the flag.
+    #[test]
+    fn an_unusable_client_rate_is_refused() {
+        for bad in [
+            "--kube-api-qps=0",
+            "--kube-api-qps=-5",
+            "--kube-api-burst=0",
+        ] {
+            let err = Cli::try_parse_from(["controller", "--cmi-endpoint=tcp://127.0.0.1:1", bad])
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"))
+                .to_string();
+            let flag = bad.split('=').next().unwrap();
+            assert!(err.contains(flag), "{bad}: {err}");
+        }
     }
 }
