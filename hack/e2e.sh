@@ -6,7 +6,9 @@
 #   hack/e2e.sh [TEST-NAME-FILTER]
 #
 # Each test starts its own `metal-driver sim` (registering Nodes), `serve`, `controller` and,
-# for the MachineDeployment test, MCM's machine-controller-manager, in its own namespace.
+# for the MachineDeployment test, MCM's machine-controller-manager, in its own namespace. The
+# oracle tests run each scenario twice, once with `controller` and once with hack/mcm-oracle
+# (MCM's machine controller forwarding to `serve`), and compare the outcome.
 #
 # Environment:
 #   METAL_DRIVER_STATE   state dir of the environment (default /tmp/metal-driver-e2e-controller,
@@ -35,9 +37,12 @@ finish() {
 }
 
 start=$SECONDS
-# The MCM binary is built (or found in the cache) up front so no test pays for it.
-mcm_line="$("$HACK_DIR/kube-bins.sh" --quiet machine-controller-manager | grep '^machine-controller-manager=')"
-export METAL_DRIVER_E2E_MCM_BIN="${mcm_line#*=}"
+# The MCM binary and the oracle (MCM's machine controller forwarding to our driver) are built
+# (or found in the cache) up front so no test pays for them.
+bins="$("$HACK_DIR/kube-bins.sh" --quiet machine-controller-manager mcm-oracle)"
+bin_of() { sed -n "s/^$1=//p" <<<"$bins"; }
+export METAL_DRIVER_E2E_MCM_BIN="$(bin_of machine-controller-manager)"
+export METAL_DRIVER_E2E_ORACLE_BIN="$(bin_of mcm-oracle)"
 log "Go binaries ready in $((SECONDS - start))s"
 
 trap finish EXIT

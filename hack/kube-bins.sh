@@ -5,13 +5,16 @@
 #   hack/kube-bins.sh [--quiet] [NAME...]
 #
 # NAME is any of: kube-apiserver kubectl etcd kube-controller-manager machine-controller-manager
-# (default: all of them). Prints one `NAME=/abs/path` line per binary and a `crds=/abs/dir`
+# (default: all of them), or mcm-oracle (built only when named: MCM's machine controller library
+# forwarding to `metal-driver serve` over CMI, for the oracle e2e tests and the footprint bench). Prints one `NAME=/abs/path` line per binary and a `crds=/abs/dir`
 # line on stdout; progress goes to stderr.
 #
 # Versions come from the committed modules (single source of truth):
 #   hack/kube/go.mod  k8s.io/kubernetes (+ every k8s.io/* staging module replaced to v0.x),
 #                     go.etcd.io/etcd/server/v3 (its root package is etcd's `main`)
 #   hack/mcm/go.mod   github.com/gardener/machine-controller-manager
+#   hack/mcm-oracle/  the same MCM version; the binary's name carries a hash of go.sum and the
+#                     module's Go sources, so editing them rebuilds it
 #
 # Binaries land in ${METAL_DRIVER_CACHE:-$HOME/.cache/metal-driver}/bin/<name>-<version> and are
 # only built when missing, so a second run takes well under a second. CRDs land in
@@ -44,12 +47,24 @@ mod_version() {
 
 KUBE_MOD="$HACK_DIR/kube"
 MCM_MOD="$HACK_DIR/mcm"
+ORACLE_MOD="$HACK_DIR/mcm-oracle"
 MCM_MODULE=github.com/gardener/machine-controller-manager
 K8S_VERSION="$(mod_version "$KUBE_MOD/go.mod" k8s.io/kubernetes)"
 ETCD_VERSION="$(mod_version "$KUBE_MOD/go.mod" go.etcd.io/etcd/server/v3)"
 MCM_VERSION="$(mod_version "$MCM_MOD/go.mod" "$MCM_MODULE")"
 
 ALL=(kube-apiserver kubectl etcd kube-controller-manager machine-controller-manager)
+EXTRA=(mcm-oracle)
+
+# oracle_version -> MCM's version plus a short hash of everything the oracle is built from.
+oracle_version() {
+  local h
+  local v
+  v="$(mod_version "$ORACLE_MOD/go.mod" "$MCM_MODULE")"
+  [[ "$v" == "$MCM_VERSION" ]] || die "hack/mcm-oracle/go.mod pins MCM $v but hack/mcm/go.mod pins $MCM_VERSION"
+  h="$(cd "$ORACLE_MOD" && cat go.mod go.sum $(find . -name '*.go' ! -name '*_test.go' | LC_ALL=C sort) | sha256sum | cut -c1-12)"
+  echo "$v-$h"
+}
 
 # spec NAME -> "module-dir|package|version|ldflags"
 spec() {
@@ -67,7 +82,9 @@ spec() {
       echo "$KUBE_MOD|go.etcd.io/etcd/server/v3|$ETCD_VERSION|" ;;
     machine-controller-manager)
       echo "$MCM_MOD|$MCM_MODULE/cmd/machine-controller-manager|$MCM_VERSION|-X $MCM_MODULE/pkg/version.Version=$MCM_VERSION" ;;
-    *) die "unknown binary '$1' (known: ${ALL[*]})" ;;
+    mcm-oracle)
+      echo "$ORACLE_MOD|.|$(oracle_version)|-X $MCM_MODULE/pkg/version.Version=$MCM_VERSION" ;;
+    *) die "unknown binary '$1' (known: ${ALL[*]} ${EXTRA[*]})" ;;
   esac
 }
 
