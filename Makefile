@@ -70,6 +70,11 @@ bench: ## full benchmarks on release builds (minutes): criterion + end-to-end fi
 	set -o pipefail; $(CARGO) bench --locked --bench pure 2>&1 | tee $(BENCH_OUT)/criterion.txt
 	GHZ="$$(benches/ghz.sh)" $(BENCH_NICE) target/release/metal-driver-bench --out $(BENCH_OUT)/e2e.md --logs $(BENCH_OUT)/logs
 
+.PHONY: bench-footprint
+bench-footprint: ## idle RSS/CPU with 500 Running Machines: controller+serve vs one-process sidecar vs MCM's Go controller (minutes) → target/bench/footprint.md
+	$(CARGO) build --release --locked --bin metal-driver
+	REPLICAS=$${REPLICAS:-500} IDLE_SECONDS=$${IDLE_SECONDS:-30} FOOTPRINT="$${FOOTPRINT:-oracle sidecar}" $(BENCH_NICE) benches/controller-scale.sh
+
 .PHONY: bench-smoke
 bench-smoke: ## benchmarks in seconds on debug builds: keeps them compiling and running (not a measurement)
 	mkdir -p $(BENCH_OUT)

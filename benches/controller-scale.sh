@@ -11,6 +11,16 @@
 # controller's idle RSS once it watches REPLICAS Running Machines. Writes Markdown to
 # $BENCH_OUT/controller-scale.md. Bounded by SCALE_TIMEOUT seconds; everything it started is
 # stopped on exit (and the environment brought down).
+#
+# Footprint comparison (`make bench-footprint`: REPLICAS=500 FOOTPRINT="oracle sidecar"): once
+# the Machines are Running and the idle figures of `controller` + `serve` are taken, the same
+# Machines are handed, one after the other, to each listed alternative; each gets SETTLE_SECONDS
+# to take them over, then its idle RSS and CPU over IDLE_SECONDS are measured. Appends a table
+# to $BENCH_OUT/footprint.md.
+#   oracle   MCM's machine controller library (hack/mcm-oracle, built by hack/kube-bins.sh)
+#            forwarding to the same `serve`
+#   sidecar  `metal-driver` with Gardener's sidecar args and no subcommand: one process, no
+#            `serve` (skipped with a note when the binary has no such mode)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +28,8 @@ REPLICAS="${REPLICAS:-200}"
 PROVISION_SECONDS="${PROVISION_SECONDS:-1}"
 SCALE_TIMEOUT="${SCALE_TIMEOUT:-900}"
 IDLE_SECONDS="${IDLE_SECONDS:-20}"
+SETTLE_SECONDS="${SETTLE_SECONDS:-30}"
+FOOTPRINT="${FOOTPRINT:-}"
 BIN="${METAL_DRIVER_BIN:-$ROOT/target/release/metal-driver}"
 OUT="${BENCH_OUT:-$ROOT/target/bench}"
 LOGS="$OUT/logs/controller-scale"
@@ -157,3 +169,92 @@ mkdir -p "$OUT"
   echo "| controller RSS: no Machines / peak (VmHWM) / idle watching $running Machines | $(mib "$CTRL_RSS_EMPTY") / **$(mib "$(kb "$CTRL_PID" VmHWM)")** / **$(mib "$(kb "$CTRL_PID" VmRSS)")** MiB |"
   echo "| driver RSS: peak (VmHWM) / now | $(mib "$(kb "$SERVE_PID" VmHWM)") / $(mib "$(kb "$SERVE_PID" VmRSS)") MiB |"
 } | tee "$OUT/controller-scale.md"
+
+# --- footprint: the same Machines under each alternative (FOOTPRINT) ---------------------------
+[[ -n "$FOOTPRINT" ]] || exit 0
+
+# idle_window PID... -> "cpu_seconds" summed over the PIDs across IDLE_SECONDS.
+idle_window() {
+  local before=0 after=0 p
+  for p in "$@"; do before="$(awk -v a="$before" -v b="$(cpu_s "$p")" 'BEGIN { printf "%.2f", a + b }')"; done
+  sleep "$IDLE_SECONDS"
+  for p in "$@"; do after="$(awk -v a="$after" -v b="$(cpu_s "$p")" 'BEGIN { printf "%.2f", a + b }')"; done
+  awk -v a="$before" -v b="$after" 'BEGIN { printf "%.2f", b - a }'
+}
+# running_count -> Machines in phase Running.
+running_count() {
+  k get machines -n "$NS" -o jsonpath='{range .items[*]}{.status.currentStatus.phase}{"\n"}{end}' | grep -c '^Running$' || true
+}
+# stop_pid PID: SIGTERM, wait up to 30 s, then SIGKILL.
+stop_pid() {
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+}
+# row LABEL PROCS RSS_KIB CPU NOTE
+ROWS=()
+row() { ROWS+=("| $1 | $2 | **$(mib "$3")** | $4 | $5 |"); }
+
+# (1) today: controller + serve, measured while both idle over the same Machines.
+CPU_OURS="$(idle_window "$CTRL_PID" "$SERVE_PID")"
+RSS_CTRL="$(kb "$CTRL_PID" VmRSS)" RSS_SERVE="$(kb "$SERVE_PID" VmRSS)"
+row "controller + serve (two processes)" 2 "$((RSS_CTRL + RSS_SERVE))" "$CPU_OURS" \
+  "controller $(mib "$RSS_CTRL") + serve $(mib "$RSS_SERVE") MiB; $(running_count)/$REPLICAS Running"
+stop_pid "$CTRL_PID"
+log "controller stopped; footprint alternatives: $FOOTPRINT"
+
+for alt in $FOOTPRINT; do
+  case "$alt" in
+    oracle)
+      ORACLE_BIN="$("$ROOT/hack/kube-bins.sh" --quiet mcm-oracle | sed -n 's/^mcm-oracle=//p')"
+      ORACLE_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+      "$ORACLE_BIN" --control-kubeconfig "$KUBECONFIG" --target-kubeconfig "$KUBECONFIG" --namespace "$NS" \
+        --cmi-endpoint "$CMI" --leader-elect=false --address 127.0.0.1 --port "$ORACLE_PORT" --v=2 \
+        >"$LOGS/mcm-oracle.log" 2>&1 &
+      pid=$!
+      PIDS+=("$pid")
+      log "oracle pid $pid; settling ${SETTLE_SECONDS}s"
+      sleep "$SETTLE_SECONDS"
+      kill -0 "$pid" || { log "oracle exited; see $LOGS/mcm-oracle.log"; exit 1; }
+      cpu="$(idle_window "$pid" "$SERVE_PID")"
+      rss="$(kb "$pid" VmRSS)" rss_serve="$(kb "$SERVE_PID" VmRSS)"
+      row "MCM's Go machine controller (oracle) + serve" 2 "$((rss + rss_serve))" "$cpu" \
+        "oracle **$(mib "$rss")** (peak $(mib "$(kb "$pid" VmHWM)")) + serve $(mib "$rss_serve") MiB; $(running_count)/$REPLICAS Running"
+      stop_pid "$pid"
+      ;;
+    sidecar)
+      if ! "$BIN" --help 2>/dev/null | grep -q -- '--control-kubeconfig'; then
+        ROWS+=("| one-process sidecar | 1 | pending | | $BIN has no sidecar mode (no subcommand) yet |")
+        continue
+      fi
+      # Gardener's sidecar args (its helper passes nothing else), plus where the Metal API is.
+      METAL_API_URL="$SIM_URL" "$BIN" --control-kubeconfig "$KUBECONFIG" --target-kubeconfig "$KUBECONFIG" \
+        --namespace "$NS" --address 127.0.0.1 --port 0 --kube-api-qps=100 --kube-api-burst=200 \
+        --machine-creation-timeout=20m --machine-drain-timeout=2h --machine-health-timeout=10m \
+        --machine-safety-apiserver-statuscheck-timeout=30s --machine-safety-apiserver-statuscheck-period=1m \
+        --machine-safety-orphan-vms-period=30m --v=3 >"$LOGS/sidecar.out" 2>"$LOGS/sidecar.log" &
+      pid=$!
+      PIDS+=("$pid")
+      log "sidecar pid $pid; settling ${SETTLE_SECONDS}s"
+      sleep "$SETTLE_SECONDS"
+      kill -0 "$pid" || { log "sidecar exited; see $LOGS/sidecar.log"; exit 1; }
+      cpu="$(idle_window "$pid")"
+      rss="$(kb "$pid" VmRSS)"
+      row "one-process sidecar (metal-driver, no subcommand)" 1 "$rss" "$cpu" \
+        "peak $(mib "$(kb "$pid" VmHWM)") MiB; $(running_count)/$REPLICAS Running"
+      stop_pid "$pid"
+      ;;
+    *) log "unknown FOOTPRINT entry '$alt' (known: oracle sidecar)"; exit 2 ;;
+  esac
+done
+
+STATS_END="$(curl -sf "$SIM_URL/_sim/stats")"
+DEVICES_END="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["devices_created"])' "$STATS_END")"
+{
+  echo
+  echo "Footprint with $REPLICAS Running Machines ($(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg); settle ${SETTLE_SECONDS} s, idle window ${IDLE_SECONDS} s; devices ever created: $DEVICES_END):"
+  echo
+  echo "| machine controller | processes | idle RSS (MiB) | idle CPU s in ${IDLE_SECONDS} s | detail |"
+  echo "|---|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+} | tee -a "$OUT/footprint.md"

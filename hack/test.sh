@@ -32,6 +32,10 @@ hack/conformance.sh
 step "controller e2e"
 hack/e2e.sh
 
+# The oracle's own unit tests (CMI code mapping, endpoint parsing); its build is cached by now.
+step "mcm-oracle (Go) unit tests"
+(cd hack/mcm-oracle && GOWORK=off GOFLAGS=-mod=mod nice -n 19 go test ./...)
+
 # Every manifest under kubernetes/ against the same kind of real kube-apiserver (server-side
 # dry-run, strict field validation), and the Deployment's flags against the binary's --help.
 step "manifests (server-side dry-run)"
