@@ -1079,12 +1079,106 @@ async fn f_node_health_drives_phases() {
 // Where MCM defines the behaviour, the oracle's side is the expected one.
 //
 // Adding a scenario: write an `async fn(&Stack, &mut Checkpoints)` that drives the Machines
-// and calls `cp.record(stack, "label", settle_after).await` where the state should agree, and
-// list it in `oracle_scenarios!` below.
+// and calls `cp.record(stack, "label", SETTLED).await` where the state should agree, and
+// list it in `oracle_scenarios!` below. `SETTLED` is the usual quiet period.
 
-/// Differences that are known, explained and tolerated: (observed key prefix, why). They are
-/// printed when seen, never required, so fixing one cannot break this test.
-const ORACLE_KNOWN_DIVERGENCES: &[(&str, &str)] = &[];
+/// A difference that is known, explained and tolerated: at keys matching `key`, ours shows a
+/// value matching `ours` where MCM shows one matching `mcm` (patterns: `*` matches any run of
+/// characters; `None`: the key is absent). Only such pairs are tolerated; they are printed when
+/// seen and never required, so closing the gap cannot break the test.
+struct KnownDivergence {
+    key: &'static str,
+    ours: Option<&'static str>,
+    mcm: Option<&'static str>,
+    why: &'static str,
+}
+
+const ORACLE_KNOWN_DIVERGENCES: &[KnownDivergence] = &[
+    KnownDivergence {
+        key: "Secret/*/finalizers",
+        ours: Some(""),
+        mcm: Some("machine.sapcloud.io/machine-controller"),
+        why: "ours does not yet finalize Secrets referenced by a MachineClass",
+    },
+    KnownDivergence {
+        key: "Node/*/finalizers",
+        ours: Some(""),
+        mcm: Some("node.machine.sapcloud.io/machine-controller"),
+        why: "ours does not yet put its finalizer on Nodes",
+    },
+    KnownDivergence {
+        key: "Node/*/label/node.gardener.cloud/machine-name",
+        ours: None,
+        mcm: Some("<ns>-m1"),
+        why: "ours does not yet label Nodes with their Machine's name",
+    },
+    KnownDivergence {
+        key: "Node/*/annotation/node.machine.sapcloud.io/last-applied-anno-labels-taints",
+        ours: None,
+        mcm: Some("{*}"),
+        why: "ours does not yet sync nodeTemplate labels, annotations and taints to Nodes",
+    },
+    // The nodeTemplate scenario's own labels, annotation and taints, for the same reason.
+    KnownDivergence {
+        key: "Node/*/label/worker.gardener.cloud/pool",
+        ours: None,
+        mcm: Some("pool-*"),
+        why: "ours does not yet sync nodeTemplate labels to Nodes",
+    },
+    KnownDivergence {
+        key: "Node/*/label/e2e.metal-driver.io/role",
+        ours: None,
+        mcm: Some("oracle"),
+        why: "ours does not yet sync nodeTemplate labels to Nodes",
+    },
+    KnownDivergence {
+        key: "Node/*/annotation/e2e.metal-driver.io/note",
+        ours: None,
+        mcm: Some("first"),
+        why: "ours does not yet sync nodeTemplate annotations to Nodes",
+    },
+    KnownDivergence {
+        key: "Node/*/taint/dedicated:NoSchedule",
+        ours: None,
+        mcm: Some("infra"),
+        why: "ours does not yet sync nodeTemplate taints to Nodes",
+    },
+    KnownDivergence {
+        key: "Node/*/taint/e2e.metal-driver.io/gpu:NoSchedule",
+        ours: None,
+        mcm: Some("true"),
+        why: "ours does not yet sync nodeTemplate taints to Nodes",
+    },
+];
+
+/// Whether an observed value (`None`: absent) matches a divergence's pattern.
+fn value_matches(pattern: Option<&str>, value: Option<&str>) -> bool {
+    match (pattern, value) {
+        (None, None) => true,
+        (Some(p), Some(v)) => glob_match(p, v),
+        _ => false,
+    }
+}
+
+/// Whether `key` matches `pattern`, where `*` matches any run of characters.
+fn glob_match(pattern: &str, key: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = key.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
 
 /// Which machine controller runs a side of an oracle scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1202,7 +1296,10 @@ async fn observe(stack: &Stack) -> Observed {
     let mut o = Observed::new();
     let put_map = |o: &mut Observed, prefix: &str, v: &Value| {
         for (k, val) in v.as_object().into_iter().flatten() {
-            let val = val.as_str().map(norm).unwrap_or_else(|| norm(&val.to_string()));
+            let val = val
+                .as_str()
+                .map(norm)
+                .unwrap_or_else(|| norm(&val.to_string()));
             o.insert(format!("{prefix}/{}", norm(k)), val);
         }
     };
@@ -1269,10 +1366,17 @@ async fn observe(stack: &Stack) -> Observed {
         );
         o.insert(
             format!("{at}/unschedulable"),
-            v["spec"]["unschedulable"].as_bool().unwrap_or(false).to_string(),
+            v["spec"]["unschedulable"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string(),
         );
         put_map(&mut o, &format!("{at}/label"), &v["metadata"]["labels"]);
-        put_map(&mut o, &format!("{at}/annotation"), &v["metadata"]["annotations"]);
+        put_map(
+            &mut o,
+            &format!("{at}/annotation"),
+            &v["metadata"]["annotations"],
+        );
         for t in v["spec"]["taints"].as_array().into_iter().flatten() {
             let key = format!(
                 "{at}/taint/{}:{}",
@@ -1303,15 +1407,21 @@ async fn observe(stack: &Stack) -> Observed {
 #[derive(Default)]
 struct Checkpoints(Vec<(String, Observed)>);
 
+/// How long a state must stay unchanged to count as settled. MCM requeues a Machine 5 s after
+/// most steps (its ShortRetry; e.g. the Node label and nodeTemplate sync come one retry after
+/// the phase turns Running, since status-only Machine updates do not requeue it), so a state
+/// quiet for longer than that has no step pending.
+const SETTLED: Duration = Duration::from_secs(7);
+
 impl Checkpoints {
-    /// Records the state once it has stopped changing for `quiet` (at most 30 s): both
+    /// Records the state once it has stopped changing for `quiet` (at most 40 s): both
     /// controllers retry on their own schedules, so an early look would compare timing, not
     /// behaviour.
     async fn record(&mut self, stack: &Stack, label: &str, quiet: Duration) {
         let start = Instant::now();
         let mut last = observe(stack).await;
         let mut since = Instant::now();
-        while since.elapsed() < quiet && start.elapsed() < Duration::from_secs(30) {
+        while since.elapsed() < quiet && start.elapsed() < Duration::from_secs(40) {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let now = observe(stack).await;
             if now != last {
@@ -1330,13 +1440,22 @@ fn oracle_diff(
     oracle: &Checkpoints,
 ) -> Vec<(String, String, Option<String>, Option<String>)> {
     let labels = |c: &Checkpoints| c.0.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>();
-    assert_eq!(labels(ours), labels(oracle), "both sides pass the same checkpoints");
+    assert_eq!(
+        labels(ours),
+        labels(oracle),
+        "both sides pass the same checkpoints"
+    );
     let mut out = Vec::new();
     for ((label, a), (_, b)) in ours.0.iter().zip(&oracle.0) {
         let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         for k in keys {
             if a.get(k) != b.get(k) {
-                out.push((label.clone(), k.clone(), a.get(k).cloned(), b.get(k).cloned()));
+                out.push((
+                    label.clone(),
+                    k.clone(),
+                    a.get(k).cloned(),
+                    b.get(k).cloned(),
+                ));
             }
         }
     }
@@ -1371,21 +1490,23 @@ async fn oracle_compare(tag: &str, opts: Opts, scenario: Scenario) {
         }
     };
     let (ours, oracle) = tokio::join!(side(Peer::Ours), side(Peer::Oracle));
-    let known = |k: &str| {
-        ORACLE_KNOWN_DIVERGENCES
-            .iter()
-            .find(|(prefix, _)| k.starts_with(prefix))
-    };
     let mut unexplained = Vec::new();
     for (label, key, a, b) in oracle_diff(&ours, &oracle) {
         let line = format!("[{label}] {key}: ours {a:?}, MCM {b:?}");
-        match known(&key) {
-            Some((_, why)) => eprintln!("{tag}: known divergence {line} ({why})"),
+        let known = ORACLE_KNOWN_DIVERGENCES.iter().find(|d| {
+            glob_match(d.key, &key)
+                && value_matches(d.ours, a.as_deref())
+                && value_matches(d.mcm, b.as_deref())
+        });
+        match known {
+            Some(d) => eprintln!("{tag}: known divergence {line} ({})", d.why),
             None => unexplained.push(line),
         }
     }
-    for (label, o) in &oracle.0 {
-        eprintln!("{tag}: [{label}] MCM: {o:?}");
+    if !unexplained.is_empty() {
+        for (label, o) in &oracle.0 {
+            eprintln!("{tag}: [{label}] MCM observed: {o:#?}");
+        }
     }
     assert!(
         unexplained.is_empty(),
@@ -1400,7 +1521,9 @@ macro_rules! oracle_scenarios {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         #[ignore = "needs the e2e environment: hack/e2e.sh"]
         async fn $name() {
-            oracle_compare(stringify!($name), $opts, |s, cp| Box::pin($scenario(s, cp))).await;
+            // Namespace names allow no underscore.
+            let tag = stringify!($name).replace('_', "-");
+            oracle_compare(&tag, $opts, |s, cp| Box::pin($scenario(s, cp))).await;
         }
     )*};
 }
@@ -1445,14 +1568,14 @@ async fn oracle_scenario_lifecycle(stack: &Stack, cp: &mut Checkpoints) {
     })
     .await;
     wait_phase(stack, &name, "Running").await;
-    cp.record(stack, "running", Duration::from_secs(3)).await;
+    cp.record(stack, "running", SETTLED).await;
     stack
         .machines()
         .delete(&name, &DeleteParams::default())
         .await
         .expect("delete");
     wait_machine_gone(stack, &name).await;
-    cp.record(stack, "deleted", Duration::from_secs(3)).await;
+    cp.record(stack, "deleted", SETTLED).await;
 }
 
 /// A Machine whose `spec.nodeTemplate` carries labels, annotations and a taint → Running; the
@@ -1478,7 +1601,7 @@ async fn oracle_scenario_node_template(stack: &Stack, cp: &mut Checkpoints) {
     })
     .await;
     wait_phase(stack, &name, "Running").await;
-    cp.record(stack, "running", Duration::from_secs(3)).await;
+    cp.record(stack, "running", SETTLED).await;
 
     let changed = template("pool-b", None, ("e2e.metal-driver.io/gpu", "true"));
     stack
@@ -1490,7 +1613,7 @@ async fn oracle_scenario_node_template(stack: &Stack, cp: &mut Checkpoints) {
         )
         .await
         .expect("change the nodeTemplate");
-    cp.record(stack, "template changed", Duration::from_secs(3)).await;
+    cp.record(stack, "template changed", SETTLED).await;
 
     stack
         .machines()
@@ -1498,5 +1621,5 @@ async fn oracle_scenario_node_template(stack: &Stack, cp: &mut Checkpoints) {
         .await
         .expect("delete");
     wait_machine_gone(stack, &name).await;
-    cp.record(stack, "deleted", Duration::from_secs(3)).await;
+    cp.record(stack, "deleted", SETTLED).await;
 }
