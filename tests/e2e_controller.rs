@@ -1531,6 +1531,7 @@ macro_rules! oracle_scenarios {
 oracle_scenarios! {
     oracle_lifecycle => (oracle_scenario_lifecycle, Opts { provision_seconds: 1.0, ..Opts::default() }),
     oracle_node_template => (oracle_scenario_node_template, Opts { provision_seconds: 1.0, ..Opts::default() }),
+    oracle_bad_provider_spec => (oracle_scenario_bad_provider_spec, Opts { provision_seconds: 1.0, ..Opts::default() }),
 }
 
 /// Waits until Machine `name` is in `phase`.
@@ -1614,6 +1615,39 @@ async fn oracle_scenario_node_template(stack: &Stack, cp: &mut Checkpoints) {
         .await
         .expect("change the nodeTemplate");
     cp.record(stack, "template changed", SETTLED).await;
+
+    stack
+        .machines()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_machine_gone(stack, &name).await;
+    cp.record(stack, "deleted", SETTLED).await;
+}
+
+/// A class whose providerSpec lacks `machineType` → the Machine crash-loops without a device;
+/// the class is fixed → Running; delete.
+async fn oracle_scenario_bad_provider_spec(stack: &Stack, cp: &mut Checkpoints) {
+    let (client, ns) = (&stack.client, &stack.ns);
+    apply_sample(client, ns, "secret.yaml", |_| {}).await;
+    apply_sample(client, ns, "machine-class.yaml", |c| {
+        c["providerSpec"]
+            .as_object_mut()
+            .expect("providerSpec")
+            .remove("machineType");
+    })
+    .await;
+    let name = format!("{ns}-m1");
+    apply_sample(client, ns, "machine.yaml", |m| {
+        m["metadata"]["name"] = json!(name)
+    })
+    .await;
+    wait_phase(stack, &name, "CrashLoopBackOff").await;
+    cp.record(stack, "crash-looping", SETTLED).await;
+
+    apply_sample(client, ns, "machine-class.yaml", |_| {}).await;
+    wait_phase(stack, &name, "Running").await;
+    cp.record(stack, "class fixed", SETTLED).await;
 
     stack
         .machines()
