@@ -15,5 +15,6 @@ pub mod metal;
 pub mod provider;
 pub mod secret;
 pub mod shutdown;
+pub mod sidecar;
 pub mod sim;
 pub mod telemetry;

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod endpoint;
 pub mod identity;
+pub mod in_process;
 pub mod machine;
 pub mod observe;
 pub mod redact;

@@ -42,13 +42,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CMI_ENDPOINT")]
     pub endpoint: String,
 
-    /// Base URL of the Equinix Metal API (or of `metal-driver sim`, or a Prism proxy).
-    #[arg(
-        long,
-        env = "METAL_API_URL",
-        default_value = "https://api.equinix.com/metal/v1"
-    )]
-    pub metal_api_url: String,
+    /// The Metal API client.
+    #[command(flatten)]
+    pub metal: MetalApiArgs,
 
     /// Side HTTP port for /healthz, /readyz and /metrics.
     #[arg(long, env = "METAL_DRIVER_HTTP_ADDR", default_value = "0.0.0.0:10260")]
@@ -70,6 +66,32 @@ pub struct ServeArgs {
     #[arg(long, env = "METAL_DRIVER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "METAL_DRIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "METAL_DRIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA bundle (PEM): mutual TLS. Needs
+    /// --tls-cert; clients without a valid certificate are refused during the handshake.
+    #[arg(long, env = "METAL_DRIVER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// Flags of the Metal API client: shared by `serve` and the one-process sidecar (no
+/// subcommand), so both read the same flags and environment variables.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MetalApiArgs {
+    /// Base URL of the Equinix Metal API (or of `metal-driver sim`, or a Prism proxy).
+    #[arg(
+        long,
+        env = "METAL_API_URL",
+        default_value = "https://api.equinix.com/metal/v1"
+    )]
+    pub metal_api_url: String,
+
     /// Timeout of one HTTP attempt to the Metal API.
     #[arg(long, env = "METAL_API_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub api_request_timeout: Duration,
@@ -85,19 +107,6 @@ pub struct ServeArgs {
     /// Client-side limit on Metal API requests per second across all calls (0 = off).
     #[arg(long, env = "METAL_API_RATE_LIMIT", default_value_t = 0.0)]
     pub api_rate_limit: f64,
-
-    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, env = "METAL_DRIVER_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// The private key (PEM) of --tls-cert.
-    #[arg(long, env = "METAL_DRIVER_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Require client certificates signed by this CA bundle (PEM): mutual TLS. Needs
-    /// --tls-cert; clients without a valid certificate are refused during the handshake.
-    #[arg(long, env = "METAL_DRIVER_TLS_CLIENT_CA", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,8 +242,8 @@ impl Running {
     }
 }
 
-/// Builds the Metal client from the flags.
-pub fn metal_client(args: &ServeArgs, metrics: &Metrics) -> Result<MetalClient, ServeError> {
+/// Builds the Metal client from the flags; its calls are counted in `metrics`.
+pub fn metal_client(args: &MetalApiArgs, metrics: &Metrics) -> Result<MetalClient, ServeError> {
     let config = ClientConfig {
         base_url: args.metal_api_url.clone(),
         connect_timeout: args.api_connect_timeout,
@@ -250,7 +259,7 @@ pub fn metal_client(args: &ServeArgs, metrics: &Metrics) -> Result<MetalClient, 
 /// `metal-driver serve`: runs until `shutdown`, then drains.
 pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), ServeError> {
     let metrics = Metrics::new();
-    let client = metal_client(&args, &metrics)?;
+    let client = metal_client(&args.metal, &metrics)?;
     let provider = Arc::new(Provider::new(client, ProviderConfig::default()));
     let config = ServerConfig {
         endpoint: Endpoint::parse(&args.endpoint)?,
@@ -268,8 +277,25 @@ pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> Result<(), Ser
     };
     let running = start(config, provider, metrics, shutdown).await?;
     println!("listening on {}", running.endpoint);
-    tracing::info!(endpoint = %running.endpoint, http = %running.http_addr, metal_api = %args.metal_api_url, tls, "metal-driver serving");
+    tracing::info!(endpoint = %running.endpoint, http = %running.http_addr, metal_api = %args.metal.metal_api_url, tls, "metal-driver serving");
     running.wait().await
+}
+
+/// The two CMI services over `provider`, as every transport serves them.
+pub(crate) fn cmi_services<A: DeviceApi>(
+    provider: Arc<Provider<A>>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    max_message_bytes: usize,
+) -> (
+    IdentityServer<IdentityService>,
+    MachineServer<MachineService<A>>,
+) {
+    let identity = IdentityServer::new(IdentityService::new(readiness.clone(), metrics.clone()))
+        .max_decoding_message_size(max_message_bytes);
+    let machine = MachineServer::new(MachineService::new(provider, metrics.clone()))
+        .max_decoding_message_size(max_message_bytes);
+    (identity, machine)
 }
 
 /// Binds and starts serving in the background; returns once both ports are bound.
@@ -311,10 +337,8 @@ pub async fn start<A: DeviceApi>(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let identity = IdentityServer::new(IdentityService::new(readiness.clone(), metrics.clone()))
-        .max_decoding_message_size(config.max_message_bytes);
-    let machine = MachineServer::new(MachineService::new(provider, metrics.clone()))
-        .max_decoding_message_size(config.max_message_bytes);
+    let (identity, machine) =
+        cmi_services(provider, &metrics, &readiness, config.max_message_bytes);
 
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {

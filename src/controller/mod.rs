@@ -101,9 +101,10 @@ pub struct ControllerArgs {
     #[arg(long, env = "CONTROL_NAMESPACE", default_value = "default")]
     pub namespace: String,
 
-    /// The CMI driver: `tcp://HOST:PORT` or `unix:///PATH`.
+    /// The CMI driver: `tcp://HOST:PORT` or `unix:///PATH`. Required by `metal-driver
+    /// controller`; without a subcommand it is left out and the driver runs in this process.
     #[arg(long, env = "CMI_ENDPOINT")]
-    pub cmi_endpoint: String,
+    pub cmi_endpoint: Option<String>,
 
     /// Deadline of each CMI call; a hung driver costs one worker at most this long.
     #[arg(long, env = "CMI_TIMEOUT", default_value = "2m", value_parser = go_duration)]
@@ -202,7 +203,8 @@ pub struct GardenerCompatArgs {
     #[arg(long, hide_short_help = true)]
     pub machine_safety_apiserver_statuscheck_period: Option<String>,
 
-    /// klog verbosity, accepted for Gardener compatibility; use --log-level instead.
+    /// klog verbosity: 0-3 info, 4 debug, 5 and more trace (see `telemetry`);
+    /// `--log-level` wins.
     #[arg(long = "v", hide_short_help = true)]
     pub verbosity: Option<u8>,
 }
@@ -230,9 +232,11 @@ pub async fn kube_client(flag: &str, rate: rate_limit::Rate) -> Result<Client> {
         .build())
 }
 
-/// Connects to the driver, retrying until it answers Probe with ready (or shutdown).
+/// Connects to the driver (`--cmi-endpoint`, or the one already connected in this process),
+/// retrying until it answers Probe with ready (or shutdown).
 async fn connect_driver(
     args: &ControllerArgs,
+    in_process: Option<CmiClient>,
     shutdown: &CancellationToken,
 ) -> Result<Option<(CmiClient, Capabilities)>> {
     let tls = args.tls.load()?;
@@ -240,7 +244,17 @@ async fn connect_driver(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match CmiClient::connect_tls(&args.cmi_endpoint, args.cmi_timeout, tls.as_ref()).await {
+        let connected = match (&in_process, &args.cmi_endpoint) {
+            (Some(client), _) => Ok(client.clone()),
+            (None, Some(endpoint)) => {
+                CmiClient::connect_tls(endpoint, args.cmi_timeout, tls.as_ref()).await
+            }
+            (None, None) => Err(crate::cmi::endpoint::EndpointError::Malformed(
+                "(no --cmi-endpoint)".into(),
+            )
+            .into()),
+        };
+        match connected {
             Ok(client) => {
                 let probe = client
                     .identity
@@ -315,14 +329,25 @@ async fn capabilities(client: &CmiClient) -> Capabilities {
 /// Runs the controller until `shutdown` is cancelled (returns `Ok`) or leadership is lost
 /// (returns [`Error::LeadershipLost`], so the process exits and restarts as a follower).
 pub async fn run(args: ControllerArgs, shutdown: CancellationToken) -> Result<()> {
-    let metrics = Metrics::new();
+    run_with_driver(args, shutdown, Metrics::new(), None).await
+}
+
+/// [`run`], with the process's metrics registry (served on the side port) and, when the
+/// driver runs in this process, a client already connected to it (`--cmi-endpoint` is then
+/// not used).
+pub async fn run_with_driver(
+    args: ControllerArgs,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+    in_process: Option<CmiClient>,
+) -> Result<()> {
     let readiness = admin::Readiness::default();
     let addr = SocketAddr::new(args.address, args.port);
     let admin = admin::bind(addr, metrics.clone(), readiness.clone())
         .await
         .map_err(|source| Error::Bind { addr, source })?;
     println!("listening on http://{}", admin.local_addr());
-    let result = run_with(args, shutdown, metrics, readiness).await;
+    let result = run_with(args, shutdown, metrics, readiness, in_process).await;
     admin.stop().await;
     result
 }
@@ -332,6 +357,7 @@ async fn run_with(
     shutdown: CancellationToken,
     metrics: Metrics,
     readiness: admin::Readiness,
+    in_process: Option<CmiClient>,
 ) -> Result<()> {
     let rate = rate_limit::Rate::new(args.gardener.kube_api_qps, args.gardener.kube_api_burst);
     let client = kube_client(&args.control_kubeconfig, rate).await?;
@@ -340,7 +366,7 @@ async fn run_with(
         "" => Some(client.clone()),
         flag => Some(kube_client(flag, rate).await?),
     };
-    let Some((cmi, capabilities)) = connect_driver(&args, &shutdown).await? else {
+    let Some((cmi, capabilities)) = connect_driver(&args, in_process, &shutdown).await? else {
         return Ok(());
     };
     readiness.set(true);
