@@ -10,9 +10,10 @@
 # otherwise starts its own in /tmp/metal-driver-e2e-manifests and stops it afterwards
 # (E2E_KEEP=1 leaves it running).
 #
-# Also checks that every flag the Deployment passes to `metal-driver serve` / `controller`
-# exists in that subcommand's --help (METAL_DRIVER_BIN, default target/debug/metal-driver;
-# skipped with a note when no binary is built).
+# Also checks that the Deployment's metal-driver container is what Gardener's stock helper
+# produces (no command, the helper's flags in its order) and that every flag it passes exists
+# in `metal-driver --help` (METAL_DRIVER_BIN, default target/debug/metal-driver; skipped with
+# a note when no binary is built).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,29 +77,48 @@ if [[ $# -eq 0 ]]; then
   log "all expected kinds present"
 fi
 
-# Flags in the Deployment vs the binary's --help.
+# Flags in the Deployment vs the binary's --help; and the provider container must be what
+# Gardener's stock helper (`ProviderSidecarContainer`) produces: no command, its arguments.
 dep="$ROOT/kubernetes/deployment.yaml"
 if [[ -f "$dep" && -x "$BIN" ]]; then
   "$KUBECTL" apply --dry-run=server -f "$dep" -o json |
     python3 -c '
 import json, sys
+SUBCOMMANDS = ("serve", "controller", "sim", "demo", "machine")
+HELPER_FLAGS = ["--control-kubeconfig", "--kube-api-qps", "--kube-api-burst",
+    "--machine-creation-timeout", "--machine-drain-timeout", "--machine-health-timeout",
+    "--machine-safety-apiserver-statuscheck-timeout", "--machine-safety-apiserver-statuscheck-period",
+    "--machine-safety-orphan-vms-period", "--namespace", "--port", "--target-kubeconfig", "--v"]
 doc = json.load(sys.stdin)
 items = doc.get("items", [doc])
+sidecars = 0
 for it in items:
     if it.get("kind") != "Deployment":
         continue
     for c in it["spec"]["template"]["spec"]["containers"]:
+        if "metal-driver" not in c.get("image", ""):
+            continue
         args = c.get("args") or []
-        if args and args[0] in ("serve", "controller"):
-            for a in args[1:]:
-                if a.startswith("--"):
-                    print(args[0], a.split("=", 1)[0])
-' >"$FLAGS"
+        sub = args[0] if args and args[0] in SUBCOMMANDS else "-"
+        if sub == "-":
+            sidecars += 1
+            flags = [a.split("=", 1)[0] for a in args]
+            if c.get("command") or flags != HELPER_FLAGS:
+                name, command = c["name"], c.get("command")
+                sys.exit(f"container {name}: not the shape of the Gardener helper (command {command}, flags {flags})")
+        for a in args[1 if sub != "-" else 0:]:
+            if a.startswith("--"):
+                print(sub, a.split("=", 1)[0])
+if sidecars != 1:
+    sys.exit(f"expected one metal-driver container with the Gardener helper arguments, found {sidecars}")
+' >"$FLAGS" || die "deployment.yaml: see above"
   while read -r sub flag; do
-    "$BIN" "$sub" --help 2>/dev/null | grep -qE -- "(^|[[:space:]])$flag([[:space:]=<]|$)" \
-      || die "deployment.yaml passes $flag to \`metal-driver $sub\`, which has no such flag"
+    help_args=(--help)
+    [[ "$sub" != - ]] && help_args=("$sub" --help)
+    "$BIN" "${help_args[@]}" 2>/dev/null | grep -qE -- "(^|[[:space:]])$flag([[:space:]=<]|$)" \
+      || die "deployment.yaml passes $flag to \`metal-driver ${sub/#-/}\`, which has no such flag"
   done <"$FLAGS"
-  log "every flag in deployment.yaml exists in \`metal-driver serve|controller --help\` ($(wc -l <"$FLAGS") flags)"
+  log "the provider container has Gardener's helper arguments and no command; every flag exists in \`metal-driver --help\` ($(wc -l <"$FLAGS") flags)"
 else
   log "note: $BIN not built; flag check of deployment.yaml skipped"
 fi

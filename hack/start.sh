@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `make start`: run the driver (`metal-driver serve`) and the machine controller
-# (`metal-driver controller`) on this machine against a cluster, as the Gardener provider's
-# `make start` runs its machine-controller, so MCM's machine-controller-manager (or plain
-# kubectl) can drive Machines through them. Ctrl-C stops everything.
+# `make start`: run the machine controller with the driver in the same process (`metal-driver`
+# without a subcommand, exactly what the image runs in Gardener) on this machine against a
+# cluster, as the Gardener provider's `make start` runs its machine-controller, so MCM's
+# machine-controller-manager (or plain kubectl) can drive Machines through it. Ctrl-C (or
+# SIGTERM) stops everything.
 #
 #   CONTROL_KUBECONFIG=... TARGET_KUBECONFIG=... CONTROL_NAMESPACE=... hack/start.sh
 #
@@ -15,7 +16,8 @@
 #   METAL_API_URL       Metal API for the driver. Default: a local `metal-driver sim` on a free
 #                       port that registers a Ready Node per active device in the target cluster
 #                       (standing in for the kubelet), accepting the token `sim-token`.
-#   CONTROLLER_ARGS     extra controller flags (word-split), e.g. "--machine-safety-orphan-vms-period=1m"
+#   CONTROLLER_ARGS     extra flags (word-split), e.g. "--machine-safety-orphan-vms-period=1m"
+#   METAL_DRIVER_CONTROLLER_PORT  side port for /healthz, /readyz, /metrics (default 10259)
 #   BIN                 the metal-driver binary (default target/debug/metal-driver)
 set -euo pipefail
 
@@ -77,24 +79,21 @@ if [[ -z "${METAL_API_URL:-}" ]]; then
   METAL_API_URL="$ADDR"
   log "simulator at $METAL_API_URL (token sim-token)"
 fi
-start_bg serve serve --endpoint=tcp://127.0.0.1:0 --metal-api-url="$METAL_API_URL" --http-addr=127.0.0.1:0
-CMI_ENDPOINT="$ADDR"
-log "driver at $CMI_ENDPOINT"
-
 extra=()
 # shellcheck disable=SC2206 # intentional word splitting of user-supplied flags
 [[ -n "${CONTROLLER_ARGS:-}" ]] && extra=(${CONTROLLER_ARGS})
-log "controller: namespace $CONTROL_NAMESPACE, control $CONTROL_KUBECONFIG, target $TARGET_KUBECONFIG"
-"$BIN" controller \
+log "sidecar (controller + driver in one process): namespace $CONTROL_NAMESPACE, control $CONTROL_KUBECONFIG, target $TARGET_KUBECONFIG, Metal API $METAL_API_URL"
+export METAL_API_URL
+start_bg sidecar \
   --control-kubeconfig="$CONTROL_KUBECONFIG" \
   --target-kubeconfig="$TARGET_KUBECONFIG" \
   --namespace="$CONTROL_NAMESPACE" \
-  --cmi-endpoint="$CMI_ENDPOINT" \
   --machine-creation-timeout=20m \
   --machine-drain-timeout=2h \
   --machine-health-timeout=10m \
   --machine-safety-orphan-vms-period=30m \
   --address=127.0.0.1 \
-  ${extra[@]+"${extra[@]}"} &
-PIDS+=("$!")
+  --log-format="${METAL_DRIVER_LOG_FORMAT:-text}" \
+  ${extra[@]+"${extra[@]}"}
+log "health and metrics at $ADDR (/healthz, /readyz, /metrics)"
 wait "${PIDS[-1]}"

@@ -7,6 +7,7 @@
 #      independent Python grpcio client from the reference cmi.proto, proto compatibility
 #   4. controller end-to-end tests on a real kube-apiserver + etcd (+ MCM) built from Go modules
 #   5. every manifest in kubernetes/ applied with server-side dry-run to that kube-apiserver
+#   6. the README's quick-start and local-cluster blocks, run as printed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,11 @@ step "mcm-oracle (Go) unit tests"
 # dry-run, strict field validation), and the Deployment's flags against the binary's --help.
 step "manifests (server-side dry-run)"
 hack/manifests-check.sh
+
+# The README's quick-start and local-cluster command blocks, extracted from README.md and run
+# exactly as printed (hack/readme-blocks.sh; its own e2e state dir).
+step "README blocks"
+METAL_DRIVER_STATE=/tmp/metal-driver-e2e-readme hack/readme-blocks.sh run quick-start local-cluster
 
 # Not here: `make image-test` (static musl release build + Probe from the image rootfs). Its
 # release/LTO rebuild of this crate takes minutes after any source change.
