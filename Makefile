@@ -24,7 +24,7 @@ demo: ## the main job: create → status → list → shutdown → delete on the
 	$(CARGO) run --quiet --bin metal-driver -- demo
 
 .PHONY: start
-start: build ## driver + controller against CONTROL_KUBECONFIG/TARGET_KUBECONFIG/CONTROL_NAMESPACE (default: make e2e-up's cluster and a local sim)
+start: build ## the sidecar (controller + driver, one process) against CONTROL_KUBECONFIG/TARGET_KUBECONFIG/CONTROL_NAMESPACE (default: make e2e-up's cluster and a local sim)
 	hack/start.sh
 
 .PHONY: test
@@ -87,7 +87,11 @@ VERSION ?= $(shell awk -F'"' '/^version *=/ { print $$2; exit }' Cargo.toml)
 IMAGE ?= metal-driver:$(VERSION)
 
 .PHONY: image
-image: ## docker build the runtime image (needs a Docker/BuildKit engine): IMAGE=metal-driver:<version>
+image: ## OCI image without a Docker engine (umoci + skopeo): target/image/{oci/, metal-driver-<version>.tar for docker load}
+	IMAGE=$(IMAGE) hack/image.sh
+
+.PHONY: image-docker
+image-docker: ## the same image with a Docker/BuildKit engine (Dockerfile): IMAGE=metal-driver:<version>
 	docker build -t $(IMAGE) \
 	  --build-arg VERSION=$(VERSION) \
 	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
@@ -95,11 +99,11 @@ image: ## docker build the runtime image (needs a Docker/BuildKit engine): IMAGE
 	  --build-arg SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || echo 0) .
 
 .PHONY: image-rootfs
-image-rootfs: ## the image without Docker: static musl binary + filesystem in target/image-rootfs/ (+ .tar layer)
+image-rootfs: ## the image's filesystem: static musl binary + files in target/image-rootfs/ (+ .tar layer)
 	hack/image-rootfs.sh
 
 .PHONY: image-test
-image-test: ## start the binary from target/image-rootfs (read-only, uid 65532, empty env) and call Probe
+image-test: ## inspect the image, unpack it, run its entrypoint with the Deployment's sidecar args against the e2e apiserver until /healthz
 	hack/image-test.sh
 
 .PHONY: manifests

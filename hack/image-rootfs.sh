@@ -10,22 +10,18 @@
 #     etc/passwd, etc/group          root and nonroot (65532), as in distroless
 #     etc/ssl/certs/ca-certificates.crt   the build machine's CA bundle (TLS to the Metal API
 #                                    uses built-in webpki roots; kube clients may read these)
-#     tmp/ (1777), home/nonroot/, var/run/cmi/ (mount point of the socket volume)
+#     tmp/ (1777), home/nonroot/, var/run/ (where the kubelet mounts the service account
+#                                    and Gardener the shoot kubeconfig), var/run/cmi/ (the
+#                                    socket volume of the two-process form)
 #   image-rootfs.tar                 the same tree as one deterministic tar (sorted, numeric
-#                                    owners, fixed mtime): an OCI layer, e.g. for `crane append`
-#   image-rootfs.config.json         the image config the Dockerfile sets (user, entrypoint,
-#                                    labels), for tools that assemble an image from a layer
+#                                    owners, fixed mtime): the image's one layer (hack/image.sh)
 #
 # Checks that the binary is static (no program interpreter, no NEEDED libraries).
-# hack/image-test.sh starts the binary from this tree and calls Probe.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT_DIR="${IMAGE_ROOTFS_DIR:-$ROOT/target}"
 RFS="$OUT_DIR/image-rootfs"
-VERSION="$(awk -F'"' '/^version *=/ { print $2; exit }' "$ROOT/Cargo.toml")"
-REVISION="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
-SOURCE="$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)"
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 0)}"
 
 log() { echo "image-rootfs: $*" >&2; }
@@ -69,27 +65,7 @@ tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --numeric-owner --owner=0 --group=
   -C "$RFS" -cf "$OUT_DIR/image-rootfs.tar" .
 
 # Every file in the layer is owned by root and read-only for others; the process (65532)
-# writes nothing in it. The image config the Dockerfile produces, for layer-based tools:
-cat >"$OUT_DIR/image-rootfs.config.json" <<EOF
-{
-  "architecture": "amd64",
-  "os": "linux",
-  "config": {
-    "User": "65532:65532",
-    "Entrypoint": ["/metal-driver"],
-    "Cmd": ["--help"],
-    "ExposedPorts": {"10259/tcp": {}, "10260/tcp": {}},
-    "Labels": {
-      "org.opencontainers.image.title": "metal-driver",
-      "org.opencontainers.image.version": "$VERSION",
-      "org.opencontainers.image.revision": "$REVISION",
-      "org.opencontainers.image.source": "$SOURCE",
-      "org.opencontainers.image.licenses": "Apache-2.0"
-    }
-  }
-}
-EOF
-
+# writes nothing in it. hack/image.sh puts this layer into an OCI image with its config.
 log "binary   $(sha256sum "$RFS/metal-driver" | cut -d' ' -f1)  $(du -h "$RFS/metal-driver" | cut -f1)"
 log "layer    $(sha256sum "$OUT_DIR/image-rootfs.tar" | cut -d' ' -f1)  $OUT_DIR/image-rootfs.tar"
 log "rootfs   $RFS"
