@@ -71,12 +71,6 @@ enum Command {
     Machine(machine_cli::MachineArgs),
 }
 
-/// What runs: a subcommand, or (none given) the one-process sidecar.
-enum Role {
-    Sidecar(Box<sidecar::SidecarArgs>),
-    Command(Command),
-}
-
 /// Parses the command line. A sidecar flag given together with a subcommand is an error
 /// (it would be ignored), while the global logging flags may stand on either side of it.
 fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
@@ -106,14 +100,8 @@ where
 
 fn main() -> ExitCode {
     let cli = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
-    let role = match cli.command {
-        Some(command) => Role::Command(command),
-        None => Role::Sidecar(cli.sidecar),
-    };
-    if matches!(
-        role,
-        Role::Sidecar(_) | Role::Command(Command::Controller(_))
-    ) {
+    // No subcommand: the one-process sidecar.
+    if matches!(cli.command, None | Some(Command::Controller(_))) {
         // The controller's memory is its caches; one arena keeps their burst from being held
         // per thread (see `heap`).
         metal_driver::heap::limit_malloc_arenas(1);
@@ -130,34 +118,34 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         // The demo and the CLI print for humans; keep their logs to warnings unless asked.
-        let quiet = matches!(role, Role::Command(Command::Demo(_) | Command::Machine(_)));
-        let log = match &role {
+        let quiet = matches!(cli.command, Some(Command::Demo(_) | Command::Machine(_)));
+        let log = match &cli.command {
             // Gardener's components log JSON unless told otherwise; klog's --v sets the level.
-            Role::Sidecar(args) => cli.log.resolve(
+            None => cli.log.resolve(
                 telemetry::LogFormat::Json,
-                args.controller.gardener.verbosity,
+                cli.sidecar.controller.gardener.verbosity,
             ),
-            Role::Command(Command::Controller(args)) => cli
+            Some(Command::Controller(args)) => cli
                 .log
                 .resolve(telemetry::LogFormat::Text, args.gardener.verbosity),
-            Role::Command(_) if quiet => cli.log.resolve_quiet(),
-            Role::Command(_) => cli.log.resolve(telemetry::LogFormat::Text, None),
+            Some(_) if quiet => cli.log.resolve_quiet(),
+            Some(_) => cli.log.resolve(telemetry::LogFormat::Text, None),
         };
         telemetry::init(&log);
         let shutdown = shutdown::on_signal();
-        let result: Result<(), Box<dyn std::error::Error>> = match role {
-            Role::Sidecar(args) => sidecar::run(*args, shutdown).await.map_err(Into::into),
-            Role::Command(Command::Serve(args)) => {
+        let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+            None => sidecar::run(*cli.sidecar, shutdown)
+                .await
+                .map_err(Into::into),
+            Some(Command::Serve(args)) => {
                 cmi::server::run(args, shutdown).await.map_err(Into::into)
             }
-            Role::Command(Command::Sim(args)) => sim::run(args, shutdown).await.map_err(Into::into),
-            Role::Command(Command::Controller(args)) => {
+            Some(Command::Sim(args)) => sim::run(args, shutdown).await.map_err(Into::into),
+            Some(Command::Controller(args)) => {
                 controller::run(*args, shutdown).await.map_err(Into::into)
             }
-            Role::Command(Command::Demo(args)) => demo::run(args).await.map_err(Into::into),
-            Role::Command(Command::Machine(args)) => {
-                machine_cli::run(args).await.map_err(Into::into)
-            }
+            Some(Command::Demo(args)) => demo::run(args).await.map_err(Into::into),
+            Some(Command::Machine(args)) => machine_cli::run(args).await.map_err(Into::into),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -239,17 +227,13 @@ mod tests {
             panic!("controller expected");
         };
         assert_eq!(args.cmi_endpoint.as_deref(), Some("unix:///run/cmi.sock"));
-        let missing = parse(["metal-driver", "controller"])
-            .err()
-            .expect("needs a driver");
+        let missing = parse(["metal-driver", "controller"]).expect_err("needs a driver");
         assert!(missing.to_string().contains("--cmi-endpoint"), "{missing}");
     }
 
     #[test]
     fn a_sidecar_flag_with_a_subcommand_is_refused() {
-        let err = parse(["metal-driver", "--namespace=x", "sim"])
-            .err()
-            .expect("refused");
+        let err = parse(["metal-driver", "--namespace=x", "sim"]).expect_err("refused");
         assert!(err.to_string().contains("--namespace"), "{err}");
     }
 }
