@@ -25,6 +25,7 @@ use super::credentials::Credentials;
 use super::inflight::InFlight;
 use super::lookup::{self, identity_tag, is_going_away};
 use super::provider_id::ProviderId;
+use super::scope::Scope;
 use super::spec::{Location, ProviderSpec, parse_uuid};
 use super::{Error, ListRequest, MachineRequest};
 
@@ -91,7 +92,8 @@ pub struct Provider<A> {
 
 /// Everything a per-machine call has validated before its first API call.
 struct Ctx {
-    spec: ProviderSpec,
+    /// What every call needs from the providerSpec (create keeps its full spec apart).
+    scope: Scope,
     project: Uuid,
     call: Call,
     /// Strings that must not leave the process inside an error message.
@@ -99,21 +101,17 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new(
-        spec: ProviderSpec,
-        creds: Credentials,
-        deadline: Option<Instant>,
-    ) -> Result<Self, Error> {
-        let project = spec.project_id.or(creds.project_id).ok_or_else(|| {
+    fn new(scope: Scope, creds: Credentials, deadline: Option<Instant>) -> Result<Self, Error> {
+        let project = scope.project_id.or(creds.project_id).ok_or_else(|| {
             Error::invalid(
                 "providerSpec.projectID",
                 "required (in the providerSpec or as projectID in the Secret)",
             )
         })?;
-        let secrets = scrub_list(&creds, &spec);
+        let secrets = scrub_list(&creds, &scope);
         let call = Call::new(creds.api_token).with_deadline(deadline);
         Ok(Self {
-            spec,
+            scope,
             project,
             call,
             secrets,
@@ -170,21 +168,20 @@ impl<A: DeviceApi> Provider<A> {
         let spec = ProviderSpec::decode(&req.provider_spec)?;
         let creds = Credentials::from_secrets(&req.secrets, true)?;
         let user_data = creds.user_data.clone();
-        let ctx = Ctx::new(spec, creds, req.deadline)?;
+        let ctx = Ctx::new(Scope::from(&spec), creds, req.deadline)?;
         let machine = req.machine_name.as_str();
         let _guard = self.inflight.try_acquire(ctx.project, machine)?;
 
-        if let Some(device) = self.adopt_existing(&ctx, machine).await? {
+        if let Some(device) = self.adopt_existing(&ctx, &spec, machine).await? {
             return machine_info(&device, machine);
         }
 
-        let mut candidates: Vec<Option<&str>> = ctx
-            .spec
+        let mut candidates: Vec<Option<&str>> = spec
             .reservation_ids
             .iter()
             .map(|r| Some(r.as_str()))
             .collect();
-        if !ctx.spec.reserved_devices_only {
+        if !spec.reserved_devices_only {
             candidates.push(None);
         }
         let max_ambiguous = self.config.max_create_attempts.max(1);
@@ -195,7 +192,7 @@ impl<A: DeviceApi> Provider<A> {
             ctx.check_deadline("creating the device")?;
             // A fresh input per attempt: nothing of a previous attempt (the reservation id
             // above all) can leak into this one.
-            let input = create_input(&ctx.spec, machine, user_data.clone(), reservation);
+            let input = create_input(&spec, machine, user_data.clone(), reservation);
             let result = self
                 .api
                 .create_device(&ctx.call, ctx.project, &input)
@@ -227,7 +224,7 @@ impl<A: DeviceApi> Provider<A> {
                     ambiguous += 1;
                     tracing::warn!(machine, attempt = ambiguous, error = %scrub(e.clone(), &ctx.secrets),
                         "create may have committed; looking before retrying");
-                    if let Some(device) = self.adopt_existing(&ctx, machine).await? {
+                    if let Some(device) = self.adopt_existing(&ctx, &spec, machine).await? {
                         return machine_info(&device, machine);
                     }
                     if ambiguous >= max_ambiguous {
@@ -238,7 +235,7 @@ impl<A: DeviceApi> Provider<A> {
             }
         }
         let mut msg = format!("no capacity for machine {machine}: {}", refusals.join("; "));
-        if ctx.spec.reserved_devices_only {
+        if spec.reserved_devices_only {
             msg.push_str(" (reservedDevicesOnly: no on-demand fallback)");
         }
         Err(Error::ResourceExhausted(msg))
@@ -249,7 +246,7 @@ impl<A: DeviceApi> Provider<A> {
     /// deprovisioning, or a device without the class's cluster tag.
     pub async fn get_machine_status(&self, req: MachineRequest) -> Result<MachineInfo, Error> {
         validate_machine_name(&req.machine_name, false)?;
-        let ctx = self.context(&req)?;
+        let ctx = self.context(&req, "GetMachineStatus")?;
         let machine = req.machine_name.as_str();
         if !req.provider_id.is_empty() {
             let id = ProviderId::parse(&req.provider_id)?;
@@ -295,7 +292,7 @@ impl<A: DeviceApi> Provider<A> {
     /// - userData is not needed: deletion must work after its Secret is gone.
     pub async fn delete_machine(&self, req: MachineRequest) -> Result<(), Error> {
         validate_machine_name(&req.machine_name, false)?;
-        let ctx = self.context(&req)?;
+        let ctx = self.context(&req, "DeleteMachine")?;
         let machine = req.machine_name.as_str();
         let _guard = self.inflight.try_acquire(ctx.project, machine)?;
         let targets = match self.targets_by_provider_id(&ctx, &req.provider_id).await? {
@@ -316,7 +313,7 @@ impl<A: DeviceApi> Provider<A> {
     /// when already off, powering off, going away or gone (CMI: OK if already terminated).
     pub async fn shutdown_machine(&self, req: MachineRequest) -> Result<(), Error> {
         validate_machine_name(&req.machine_name, false)?;
-        let ctx = self.context(&req)?;
+        let ctx = self.context(&req, "ShutDownMachine")?;
         let machine = req.machine_name.as_str();
         let _guard = self.inflight.try_acquire(ctx.project, machine)?;
         let targets = match self.targets_by_provider_id(&ctx, &req.provider_id).await? {
@@ -370,15 +367,15 @@ impl<A: DeviceApi> Provider<A> {
     /// class's cluster and role tags (devices made by other tools included). One paged list
     /// call filtered server-side by the cluster tag.
     pub async fn list_machines(&self, req: ListRequest) -> Result<BTreeMap<String, String>, Error> {
-        let spec = ProviderSpec::decode(&req.provider_spec)?;
+        let scope = lenient_scope(&req.provider_spec, "ListMachines")?;
         let creds = Credentials::from_secrets(&req.secrets, false)?;
-        let ctx = Ctx::new(spec, creds, req.deadline)?;
-        let required: Vec<&str> = ctx.spec.membership_tags().collect();
+        let ctx = Ctx::new(scope, creds, req.deadline)?;
+        let required = ctx.scope.membership_tags()?;
         let devices = lookup::find_class_devices(
             &self.api,
             &ctx.call,
             ctx.project,
-            &ctx.spec.cluster_tag,
+            &ctx.scope.cluster_tag,
             &required,
         )
         .await
@@ -394,11 +391,11 @@ impl<A: DeviceApi> Provider<A> {
         Ok(Vec::new())
     }
 
-    /// Spec + credentials (no userData) + project for the non-create RPCs.
-    fn context(&self, req: &MachineRequest) -> Result<Ctx, Error> {
-        let spec = ProviderSpec::decode(&req.provider_spec)?;
+    /// The lenient spec + credentials (no userData) + project for the non-create RPCs.
+    fn context(&self, req: &MachineRequest, rpc: &str) -> Result<Ctx, Error> {
+        let scope = lenient_scope(&req.provider_spec, rpc)?;
         let creds = Credentials::from_secrets(&req.secrets, false)?;
-        Ctx::new(spec, creds, req.deadline)
+        Ctx::new(scope, creds, req.deadline)
     }
 
     async fn find(&self, ctx: &Ctx, machine: &str) -> Result<Vec<Device>, Error> {
@@ -407,7 +404,7 @@ impl<A: DeviceApi> Provider<A> {
             &ctx.call,
             ctx.project,
             machine,
-            &ctx.spec.cluster_tag,
+            &ctx.scope.cluster_tag,
         )
         .await
         .map_err(|e| ctx.api_err(e))
@@ -415,7 +412,12 @@ impl<A: DeviceApi> Provider<A> {
 
     /// The create-time view of existing devices: failed ones are removed, one compatible
     /// live device is adopted, anything else is an error.
-    async fn adopt_existing(&self, ctx: &Ctx, machine: &str) -> Result<Option<Device>, Error> {
+    async fn adopt_existing(
+        &self,
+        ctx: &Ctx,
+        spec: &ProviderSpec,
+        machine: &str,
+    ) -> Result<Option<Device>, Error> {
         let (failed, live): (Vec<Device>, Vec<Device>) = self
             .find(ctx, machine)
             .await?
@@ -432,7 +434,7 @@ impl<A: DeviceApi> Provider<A> {
                     .into_iter()
                     .next()
                     .ok_or_else(|| Error::NotFound(machine.to_string()))?;
-                let diffs = incompatibilities(&device, &ctx.spec);
+                let diffs = incompatibilities(&device, spec);
                 if diffs.is_empty() {
                     Ok(Some(device))
                 } else {
@@ -504,7 +506,7 @@ impl<A: DeviceApi> Provider<A> {
 
     /// Unlocks a device if `unlockOnDelete` allows it. `Ok(false)` when the device is gone.
     async fn unlock(&self, ctx: &Ctx, id: Uuid) -> Result<bool, Error> {
-        if !ctx.spec.unlock_on_delete {
+        if !ctx.scope.unlock_on_delete {
             return Err(Error::FailedPrecondition(format!(
                 "device {id} is locked against deletion; unlock it (PUT /devices/{id} locked=false) \
                  or set providerSpec.unlockOnDelete: true"
@@ -697,10 +699,10 @@ fn not_ours(device: &Device, id: Uuid, ctx: &Ctx) -> Option<String> {
             ctx.project
         ));
     }
-    if !device.has_tag(&ctx.spec.cluster_tag) {
+    if !device.has_tag(&ctx.scope.cluster_tag) {
         return Some(format!(
             "device {id} is not part of this cluster (it lacks the tag {})",
-            ctx.spec.cluster_tag
+            ctx.scope.cluster_tag
         ));
     }
     None
@@ -714,7 +716,21 @@ const MIN_SCRUB_LINE_LEN: usize = 16;
 
 /// Every string to remove from API error texts: the token, the userData (whole and its long
 /// lines) and customData (serialized, and its long string values).
-fn scrub_list(creds: &Credentials, spec: &ProviderSpec) -> Vec<String> {
+/// The providerSpec as the non-create calls read it (see [`Scope`]): unknown fields are
+/// logged and ignored, so a class that no longer validates cannot trap its Machines.
+fn lenient_scope(provider_spec: &[u8], rpc: &str) -> Result<Scope, Error> {
+    let (scope, unknown) = Scope::decode(provider_spec)?;
+    if !unknown.is_empty() {
+        tracing::warn!(
+            rpc,
+            fields = %unknown.join(", "),
+            "ignoring unknown providerSpec fields (CreateMachine would refuse this class)"
+        );
+    }
+    Ok(scope)
+}
+
+fn scrub_list(creds: &Credentials, scope: &Scope) -> Vec<String> {
     let mut out: Vec<String> = creds
         .secret_strings()
         .into_iter()
@@ -729,7 +745,7 @@ fn scrub_list(creds: &Credentials, spec: &ProviderSpec) -> Vec<String> {
                 .map(str::to_string),
         );
     }
-    if let Some(cd) = &spec.custom_data {
+    if let Some(cd) = &scope.custom_data {
         out.push(cd.expose().to_string());
         collect_strings(cd.expose(), &mut out);
     }

@@ -1159,3 +1159,46 @@ fn a_secret_cut_by_truncation_is_redacted_too() {
     super::scrub_text(&mut untouched, &secrets);
     assert_eq!(untouched, "HTTP 422: nothing secret here…");
 }
+
+/// A class that no longer validates (an unknown field, a broken field only create uses)
+/// refuses CreateMachine but never traps a Machine: status, list, shutdown and delete use
+/// what they need and go on.
+#[tokio::test]
+async fn a_broken_class_refuses_create_only() {
+    let mut broken = spec_with("machineTyp", json!("c3.small.x86"));
+    broken["metro"] = json!("not a slug!");
+    let p = provider();
+    assert_invalid(
+        p.create_machine(req_with(MACHINE, &broken)).await,
+        "providerSpec.machineTyp",
+    );
+    assert_eq!(p.api().calls(fake::CREATE), 0);
+
+    let id = p
+        .api()
+        .insert(project(), our_device(MACHINE, DeviceState::Active));
+    let mut r = req_with(MACHINE, &broken);
+    r.secrets.remove("userData");
+    let info = p.get_machine_status(r.clone()).await.unwrap();
+    assert_eq!(info.provider_id, pid(id));
+    let listed = p
+        .list_machines(ListRequest {
+            provider_spec: r.provider_spec.clone(),
+            secrets: r.secrets.clone(),
+            deadline: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.get(&pid(id)).map(String::as_str), Some(MACHINE));
+    p.shutdown_machine(r.clone()).await.unwrap();
+    p.delete_machine(r.clone()).await.unwrap();
+    assert!(p.api().device(id).is_none());
+
+    // What these calls need must still be there: the cluster tag names the devices.
+    let mut no_cluster = broken.clone();
+    no_cluster["tags"] = json!([ROLE]);
+    assert_invalid(
+        p.delete_machine(req_with(MACHINE, &no_cluster)).await,
+        "providerSpec.tags",
+    );
+}

@@ -12,6 +12,7 @@ pub mod inflight;
 pub mod lookup;
 pub mod machine;
 pub mod provider_id;
+pub mod scope;
 pub mod spec;
 
 use std::collections::HashMap;

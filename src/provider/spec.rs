@@ -196,7 +196,7 @@ struct RawSpec {
 }
 
 /// Every top-level field name [`RawSpec`] accepts, for "did you mean" hints.
-const KNOWN_FIELDS: &[&str] = &[
+pub(crate) const KNOWN_FIELDS: &[&str] = &[
     "apiVersion",
     "projectID",
     "metro",
