@@ -52,7 +52,7 @@ use super::{
     context::Context,
     crd::{DEFAULT_PRIORITY, Machine, MachineClass, NODE_LABEL, PRIORITY_ANNOTATION},
     error::{Error, Result, is_not_found},
-    health,
+    health, machine_metrics,
     secrets::{self, SecretData},
     similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
@@ -67,6 +67,10 @@ pub const FIELD_MANAGER: &str = "metal-driver-controller";
 /// Entry point for kube-runtime: decode guard, finalizer, then Apply/Cleanup.
 pub async fn reconcile(guard: Arc<DeserializeGuard<Machine>>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    let _running = ctx
+        .metrics
+        .workqueue
+        .started("machine", machine_metrics::queue_key(guard.as_ref()));
     let machine = match &guard.0 {
         Ok(m) => m.clone(),
         Err(invalid) => {
@@ -115,6 +119,7 @@ pub fn error_policy(
     ctx.metrics
         .controller
         .failed("machine", error.metric_label());
+    ctx.metrics.workqueue.retried("machine");
     let after = error.retry_after(&ctx.config.retry);
     tracing::warn!(machine = %name, %error, retry_after = ?after, "reconcile failed");
     Action::requeue(after)
@@ -181,9 +186,11 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     let mut recheck = None;
     if ctx.has_target() && m.node_name().is_some() && !ph.is_empty() {
         let node = node_of(ctx, m).await?;
-        let outcome = health::evaluate(m, node.as_ref(), &ctx.config, Timestamp::now());
+        let now = Timestamp::now();
+        let outcome = health::evaluate(m, node.as_ref(), &ctx.config, now);
         if let Some(cur) = &outcome.update.current {
             tracing::info!(machine = %m.name_any(), from = ph, to = %cur.phase, "machine phase changed");
+            machine_metrics::record_phase_change(&ctx.metrics.mcm, m, &class, &cur.phase, now);
         }
         patch_status(m, ctx, &outcome.update).await?;
         recheck = outcome.recheck;
@@ -316,6 +323,7 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
                 Ok(resp) => {
                     let resp = resp.into_inner();
                     tracing::info!(machine = %name, provider_id = %resp.provider_id, node = %resp.node_name, "machine created");
+                    machine_metrics::record_created(&ctx.metrics.mcm, m, class, Timestamp::now());
                     let lks = String::from_utf8_lossy(&resp.last_known_state).into_owned();
                     (resp.provider_id, resp.node_name, Some(lks))
                 }
@@ -475,7 +483,10 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
         .delete_machine(ctx.cmi.request(request))
         .await
     {
-        Ok(_) => tracing::info!(machine = %name, "machine deleted on cloud provider"),
+        Ok(_) => {
+            tracing::info!(machine = %name, "machine deleted on cloud provider");
+            machine_metrics::record_deleted(&ctx.metrics.mcm, m, &class, Timestamp::now());
+        }
         Err(s) if s.code() == Code::NotFound => {
             tracing::info!(machine = %name, "no device to delete")
         }

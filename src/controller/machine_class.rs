@@ -61,6 +61,10 @@ pub fn wanted_finalizers(class: &MachineClass, referenced: bool) -> Option<Vec<S
 /// Entry point for kube-runtime.
 pub async fn reconcile(class: Arc<MachineClass>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
+    let _running = ctx.metrics.workqueue.started(
+        "machineclass",
+        super::machine_metrics::queue_key(class.as_ref()),
+    );
     let result = reconcile_inner(&class, &ctx).await;
     ctx.metrics
         .controller
@@ -95,6 +99,7 @@ pub fn error_policy(class: Arc<MachineClass>, error: &Error, ctx: Arc<Context>) 
     ctx.metrics
         .controller
         .failed("machineclass", error.metric_label());
+    ctx.metrics.workqueue.retried("machineclass");
     let after = error.retry_after(&ctx.config.retry);
     tracing::warn!(class = %class.name_any(), %error, retry_after = ?after, "class reconcile failed");
     Action::requeue(after)

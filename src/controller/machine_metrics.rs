@@ -3,11 +3,67 @@
 //! MachineDeployment/placement labels of the duration gauges.
 
 use k8s_openapi::jiff::Timestamp;
-use kube::{core::DeserializeGuard, runtime::reflector::Store};
+use kube::{Resource, core::DeserializeGuard, runtime::reflector::Store};
 
-use crate::telemetry::mcm::{MachineSample, MachineSource, PlacementLabels};
+use crate::telemetry::mcm::{MachineSample, MachineSource, McmMachineMetrics, PlacementLabels};
 
-use super::crd::{Machine, MachineClass};
+use super::{
+    crd::{Machine, MachineClass},
+    status::{elapsed, phase},
+};
+
+/// The work-queue key of a Machine (`namespace/name`, as client-go's).
+pub fn queue_key(m: &impl Resource) -> String {
+    let meta = m.meta();
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// CreateMachine succeeded: `mcm_machine_create_duration_seconds`, counted from the Machine's
+/// creation as MCM does.
+pub fn record_created(mcm: &McmMachineMetrics, m: &Machine, class: &MachineClass, now: Timestamp) {
+    if let (Some(l), Some(created)) = (placement(m, Some(class)), &m.metadata.creation_timestamp) {
+        mcm.machine_created(&l, elapsed(now, created.0));
+    }
+}
+
+/// A health transition: Pending → Running is a join (`mcm_machine_join_duration_seconds`,
+/// from the Machine's creation), Pending → Failed a failed join
+/// (`mcm_machine_num_failed_join`).
+pub fn record_phase_change(
+    mcm: &McmMachineMetrics,
+    m: &Machine,
+    class: &MachineClass,
+    to: &str,
+    now: Timestamp,
+) {
+    if m.phase() != phase::PENDING {
+        return;
+    }
+    let Some(l) = placement(m, Some(class)) else {
+        return;
+    };
+    match to {
+        phase::RUNNING => {
+            if let Some(created) = &m.metadata.creation_timestamp {
+                mcm.machine_joined(&l, elapsed(now, created.0));
+            }
+        }
+        phase::FAILED => mcm.machine_failed_join(&l),
+        _ => {}
+    }
+}
+
+/// DeleteMachine succeeded: `mcm_machine_delete_duration_seconds`, counted from the
+/// Machine's deletionTimestamp as MCM does.
+pub fn record_deleted(mcm: &McmMachineMetrics, m: &Machine, class: &MachineClass, now: Timestamp) {
+    if let (Some(l), Some(deleted)) = (placement(m, Some(class)), &m.metadata.deletion_timestamp) {
+        mcm.machine_deleted(&l, elapsed(now, deleted.0));
+    }
+}
 
 /// The Machine label naming its MachineDeployment (MCM's `GetMachineDeploymentName`).
 pub const DEPLOYMENT_LABEL: &str = "name";

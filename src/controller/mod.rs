@@ -31,7 +31,7 @@ pub mod status;
 
 use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::{
     Api, Client, Config as KubeConfig, ResourceExt,
@@ -453,11 +453,13 @@ async fn run_with(
     metrics.mcm.attach(Arc::new(machine_metrics::CacheSource(
         machine_store.clone(),
     )));
+    let queue = metrics.workqueue.clone();
     let machine_events = reflector(
         machine_writer,
         watcher(machines.clone(), watcher::Config::default()).modify(crd::trim_for_cache),
     )
-    .applied_objects();
+    .applied_objects()
+    .inspect_ok(move |m| queue.triggered("machine", machine_metrics::queue_key(m)));
     let machine_controller = Controller::for_stream(machine_events, machine_store.clone())
         .with_config(ControllerConfig::default().concurrency(args.concurrent_syncs));
     let mut machine_controller = {

@@ -21,7 +21,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use super::mcm::McmMachineMetrics;
+use super::{mcm::McmMachineMetrics, workqueue::WorkQueueMetrics};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -331,6 +331,8 @@ pub struct Metrics {
     pub controller: ControllerMetrics,
     /// MCM's machine-controller series (see [`super::mcm`]).
     pub mcm: McmMachineMetrics,
+    /// MCM's work-queue series (see [`super::workqueue`]).
+    pub workqueue: WorkQueueMetrics,
 }
 
 impl Default for Metrics {
@@ -347,6 +349,9 @@ impl Metrics {
         let mcm = McmMachineMetrics::new();
         let mut registry = Registry::default();
         mcm.register(&mut registry);
+        registry.register_collector(Box::new(super::process::ProcessCollector));
+        let workqueue = WorkQueueMetrics::default();
+        registry.register_collector(Box::new(workqueue.clone()));
         {
             let r = registry.sub_registry_with_prefix("metal_driver");
             r.register(
@@ -434,6 +439,7 @@ impl Metrics {
             grpc,
             controller,
             mcm,
+            workqueue,
         }
     }
 

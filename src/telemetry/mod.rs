@@ -4,6 +4,8 @@ pub mod admin;
 pub mod gardener_json;
 pub mod mcm;
 pub mod metrics;
+pub mod process;
+pub mod workqueue;
 
 pub use metrics::Metrics;
 
