@@ -57,6 +57,14 @@ pub fn record_phase_change(
     }
 }
 
+/// A drain of the Machine's Node finished after `took`:
+/// `mcm_machine_drain_duration_seconds` (labelled by MachineDeployment only, as in MCM).
+pub fn record_drained(mcm: &McmMachineMetrics, m: &Machine, took: std::time::Duration) {
+    if let Some(l) = placement(m, None) {
+        mcm.machine_drained(&l, took);
+    }
+}
+
 /// DeleteMachine succeeded: `mcm_machine_delete_duration_seconds`, counted from the
 /// Machine's deletionTimestamp as MCM does.
 pub fn record_deleted(mcm: &McmMachineMetrics, m: &Machine, class: &MachineClass, now: Timestamp) {
@@ -181,6 +189,75 @@ mod tests {
         assert_eq!(s.node_name, "n1");
         assert_eq!(s.phase, "Running");
         assert_eq!(s.conditions, vec![("Ready".into(), "True".into())]);
+    }
+
+    #[test]
+    fn transitions_record_mcms_durations() {
+        let mcm = crate::telemetry::Metrics::new();
+        let m = machine(json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+            "metadata": {"name": "m1", "namespace": "ns", "labels": {"name": "pool-a"},
+                         "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "deletionTimestamp": "2026-01-01T01:00:00Z"},
+            "spec": {},
+            "status": {"currentStatus": {"phase": "Pending"}}
+        }));
+        let class: MachineClass = serde_json::from_value(json!({
+            "metadata": {"name": "c"}, "nodeTemplate": {"instanceType": "c3.small.x86"}
+        }))
+        .unwrap();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        record_created(&mcm.mcm, &m, &class, at("2026-01-01T00:01:30Z"));
+        record_phase_change(
+            &mcm.mcm,
+            &m,
+            &class,
+            phase::RUNNING,
+            at("2026-01-01T00:05:00Z"),
+        );
+        record_phase_change(
+            &mcm.mcm,
+            &m,
+            &class,
+            phase::FAILED,
+            at("2026-01-01T00:20:00Z"),
+        );
+        record_drained(&mcm.mcm, &m, std::time::Duration::from_secs(42));
+        record_deleted(&mcm.mcm, &m, &class, at("2026-01-01T01:00:07Z"));
+        let text = mcm.render();
+        let l = "{namespace=\"ns\",machine_deployment=\"pool-a\",instance_type=\"c3.small.x86\",zone=\"\"}";
+        for needle in [
+            format!("mcm_machine_create_duration_seconds{l} 90\n"),
+            format!("mcm_machine_join_duration_seconds{l} 300\n"),
+            format!("mcm_machine_num_failed_join{l} 1\n"),
+            "mcm_machine_drain_duration_seconds{namespace=\"ns\",machine_deployment=\"pool-a\"} 42\n".into(),
+            format!("mcm_machine_delete_duration_seconds{l} 7\n"),
+        ] {
+            assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
+        }
+        // Only a Pending Machine joins (a Running → Unknown → Running return is no join).
+        let mut running = m.clone();
+        running
+            .status
+            .as_mut()
+            .unwrap()
+            .current_status
+            .as_mut()
+            .unwrap()
+            .phase = "Unknown".into();
+        let fresh = crate::telemetry::Metrics::new();
+        record_phase_change(
+            &fresh.mcm,
+            &running,
+            &class,
+            phase::RUNNING,
+            at("2026-01-01T00:05:00Z"),
+        );
+        assert!(
+            !fresh
+                .render()
+                .contains("mcm_machine_join_duration_seconds{")
+        );
     }
 
     #[test]
