@@ -344,6 +344,8 @@ start_core() {
   # kube-controller-manager creates: disabled so Pods can be created without it.
   # --endpoint-reconciler-type=none: the `kubernetes` Service would get a loopback endpoint,
   # which Endpoints validation rejects (log noise only).
+  # --enable-bootstrap-token-auth: the controller's bootstrap token Secrets authenticate as
+  # `system:bootstrap:<id>`, as in a Gardener shoot (the e2e tests log in with them).
   start_proc kube-apiserver "$BIN_kube_apiserver" \
     --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 \
@@ -360,6 +362,7 @@ start_core() {
     --proxy-client-cert-file="$p/front-proxy-client.crt" \
     --proxy-client-key-file="$p/front-proxy-client.key" \
     --token-auth-file="$p/tokens.csv" \
+    --enable-bootstrap-token-auth \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$p/sa.pub" \
     --service-account-signing-key-file="$p/sa.key" \

@@ -13,14 +13,10 @@ use crate::{
 
 use super::status::RetryPeriods;
 
-/// Node condition types that make a Node unhealthy unless `False` (MCM's `--node-conditions`
-/// default).
-pub const DEFAULT_BAD_NODE_CONDITIONS: &[&str] = &[
-    "KernelDeadlock",
-    "ReadonlyFilesystem",
-    "DiskPressure",
-    "NetworkUnavailable",
-];
+/// Node condition types that make a Node unhealthy unless `False`: MCM's `--node-conditions`
+/// default, comma-separated and case-sensitive as MCM reads it.
+pub const DEFAULT_NODE_CONDITIONS: &str =
+    "KernelDeadlock,ReadonlyFilesystem,DiskPressure,NetworkUnavailable";
 
 /// Tunables, from the flags.
 #[derive(Debug, Clone)]
@@ -40,6 +36,12 @@ pub struct Config {
     /// How often Pending/Running/Unknown machines are re-checked against their Node even
     /// without a Node event (MCM re-checks timeouts every minute).
     pub health_recheck: Duration,
+    /// `--node-conditions`: comma-separated Node condition types that must be `False` for a
+    /// healthy Node (`spec.nodeConditions` overrides it per Machine).
+    pub node_conditions: String,
+    /// `--bootstrap-token-auth-extra-groups`: the `auth-extra-groups` of every bootstrap
+    /// token Secret created for a new Machine.
+    pub bootstrap_token_auth_extra_groups: String,
 }
 
 /// The driver's advertised RPCs (GetPluginCapabilities at start-up).

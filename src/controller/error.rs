@@ -62,6 +62,16 @@ pub enum Error {
         keys: String,
     },
 
+    /// The machine's bootstrap token cannot be made or read (a name too short for MCM's id
+    /// derivation, or a token Secret without id/secret). Retried after ShortRetry.
+    #[error("bootstrap token for machine {machine:?}: {reason}")]
+    BootstrapToken {
+        /// The machine.
+        machine: String,
+        /// What is wrong (never the token itself).
+        reason: String,
+    },
+
     /// The driver answered OK without the ProviderID (or NodeName, with a target cluster):
     /// MCM's Internal/MediumRetry case.
     #[error("the driver's {rpc} answer lacks {field}")]
@@ -141,7 +151,9 @@ impl Error {
             } => periods.after_delete_error(*code),
             Self::Cmi { code, .. } => periods.after_create_error(*code),
             Self::InvalidClassRef { .. } => periods.long,
-            Self::ClassNotFound { .. } | Self::MissingUserData { .. } => periods.short,
+            Self::ClassNotFound { .. }
+            | Self::MissingUserData { .. }
+            | Self::BootstrapToken { .. } => periods.short,
             Self::IncompleteResponse { .. } => periods.medium,
             Self::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
@@ -172,6 +184,7 @@ impl Error {
             Self::InvalidClassRef { .. } => "invalid_class_ref".into(),
             Self::ClassNotFound { .. } => "class_not_found".into(),
             Self::MissingUserData { .. } => "missing_user_data".into(),
+            Self::BootstrapToken { .. } => "bootstrap_token".into(),
             Self::IncompleteResponse { .. } => "incomplete_response".into(),
             Self::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {

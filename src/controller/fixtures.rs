@@ -116,6 +116,8 @@ pub fn context(client: Client) -> Arc<Context> {
             orphan_period: Duration::from_secs(900),
             retry: RetryPeriods::default(),
             health_recheck: Duration::from_secs(60),
+            node_conditions: super::context::DEFAULT_NODE_CONDITIONS.into(),
+            bootstrap_token_auth_extra_groups: String::new(),
         },
         metrics: Metrics::new(),
     })

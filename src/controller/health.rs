@@ -9,13 +9,17 @@
 //! | Unknown | healthy                      | Running; HealthCheck Successful                 |
 //! | Unknown | unhealthy past the health timeout | Failed; HealthCheck Failed                 |
 //!
-//! Healthy = `Ready` is `True` and every "bad" condition type (MCM's `--node-conditions`
-//! default, or `spec.nodeConditions`) is not `True`. Node conditions are copied into
-//! `status.conditions` when their type/status/reason/message change (heartbeat times are
-//! ignored so a kubelet heartbeat does not cost a status write). The creation timeout counts
-//! from `metadata.creationTimestamp`, the health timeout from `currentStatus.lastUpdateTime`.
-//! Not done (MCM does): waiting for the `critical-components-not-ready` taint, and the
-//! per-MachineDeployment permit that limits health-timeout replacements to one at a time.
+//! Healthy is MCM's `isHealthy`: the Node reports at least one condition, `Ready` (when
+//! reported) is `True`, and every condition type listed in `--node-conditions` (or the
+//! Machine's `spec.nodeConditions`; comma-separated, case-sensitive) is `False` — `Unknown`
+//! counts as unhealthy. A Pending machine also waits for Gardener's
+//! `node.gardener.cloud/critical-components-not-ready` NoSchedule taint to go: until then the
+//! Node is not ready for workloads, and a rolling update must not move on. Node conditions
+//! are copied into `status.conditions` when their type/status/reason/message change
+//! (heartbeat times are ignored so a kubelet heartbeat does not cost a status write). The
+//! creation timeout counts from `metadata.creationTimestamp`, the health timeout from
+//! `currentStatus.lastUpdateTime`. Not done here (MCM does): the per-MachineDeployment permit
+//! that limits health-timeout replacements to one at a time.
 
 use std::time::Duration;
 
@@ -25,7 +29,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    context::{Config, DEFAULT_BAD_NODE_CONDITIONS},
+    context::Config,
     crd::Machine,
     duration,
     status::{self, StatusUpdate, elapsed, last_op, op, phase, state},
@@ -38,7 +42,15 @@ pub struct Outcome {
     pub update: StatusUpdate,
     /// When to look again without a Node event; `None` when no timeout is counting.
     pub recheck: Option<Duration>,
+    /// The machine just joined after its create (MCM: Running reached while the last
+    /// operation is an unfinished Create): its bootstrap token has served and is deleted.
+    pub joined_after_create: bool,
 }
+
+/// Gardener's taint on a Node whose critical DaemonSets (CNI, kube-proxy, …) are not ready
+/// yet; MCM keeps a Pending machine Pending while it is there.
+pub const CRITICAL_COMPONENTS_NOT_READY_TAINT: &str =
+    "node.gardener.cloud/critical-components-not-ready";
 
 /// The machine's creation and health timeouts: `spec` overrides, else the flags. `None`
 /// health timeout when `spec.disableHealthTimeout` is set. An unparsable override falls back
@@ -63,36 +75,39 @@ pub fn timeouts(m: &Machine, cfg: &Config) -> (Duration, Option<Duration>) {
     (creation, health)
 }
 
-/// The condition types that make a Node unhealthy unless `False`.
-pub fn bad_conditions(m: &Machine) -> Vec<String> {
-    match m
-        .spec
+/// The condition types that make a Node unhealthy unless `False`: `spec.nodeConditions` when
+/// set (even empty, as in MCM), else `--node-conditions`. Split on commas exactly as MCM does
+/// (no trimming, case-sensitive), so a list behaves the same under both controllers.
+pub fn bad_conditions(m: &Machine, cfg: &Config) -> Vec<String> {
+    m.spec
         .node_conditions
         .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
-        Some(list) => list
-            .split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        None => DEFAULT_BAD_NODE_CONDITIONS
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
-    }
+        .unwrap_or(&cfg.node_conditions)
+        .split(',')
+        .map(str::to_owned)
+        .collect()
 }
 
-/// Whether the Node is healthy: Ready=True and no bad condition True.
+/// MCM's `isHealthy`: at least one condition, no `Ready` other than `True`, and every bad
+/// condition type that is reported is `False`.
 pub fn is_healthy(node: &Node, bad: &[String]) -> bool {
     let conditions = node_conditions(node);
-    let ready = conditions
+    !conditions.is_empty()
+        && conditions.iter().all(|c| {
+            let ready_ok = c.type_ != "Ready" || c.status == "True";
+            let bad_ok = c.status == "False" || !bad.contains(&c.type_);
+            ready_ok && bad_ok
+        })
+}
+
+/// Whether Gardener's critical-components taint (NoSchedule) is on the Node.
+pub fn critical_components_not_ready(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or(&[])
         .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    ready
-        && !conditions
-            .iter()
-            .any(|c| c.status == "True" && bad.iter().any(|b| b.eq_ignore_ascii_case(&c.type_)))
+        .any(|t| t.key == CRITICAL_COMPONENTS_NOT_READY_TAINT && t.effect == "NoSchedule")
 }
 
 fn node_conditions(node: &Node) -> &[NodeCondition] {
@@ -129,13 +144,23 @@ fn summary(node: Option<&Node>) -> String {
     }
 }
 
+/// Whether the last operation is a Create that has not succeeded (MCM's test for "this
+/// Running is the first join").
+fn create_unfinished(m: &Machine) -> bool {
+    m.status
+        .as_ref()
+        .and_then(|s| s.last_operation.as_ref())
+        .is_some_and(|lo| lo.type_ == op::CREATE && lo.state != state::SUCCESSFUL)
+}
+
 /// Decides the health transition of a machine whose Node is `node` (looked up by the `node`
 /// label). Only Pending, Running and Unknown machines move; others get no update.
 pub fn evaluate(m: &Machine, node: Option<&Node>, cfg: &Config, now: Timestamp) -> Outcome {
     let name = m.metadata.name.as_deref().unwrap_or_default();
     let (creation_timeout, health_timeout) = timeouts(m, cfg);
-    let bad = bad_conditions(m);
+    let bad = bad_conditions(m, cfg);
     let healthy = node.is_some_and(|n| is_healthy(n, &bad));
+    let tainted = node.is_some_and(critical_components_not_ready);
     let mut out = Outcome::default();
 
     if let Some(n) = node {
@@ -160,7 +185,8 @@ pub fn evaluate(m: &Machine, node: Option<&Node>, cfg: &Config, now: Timestamp) 
     match m.phase() {
         phase::PENDING => {
             let age = created.map_or(Duration::ZERO, |c| elapsed(now, c));
-            if healthy {
+            if healthy && !tainted {
+                out.joined_after_create = create_unfinished(m);
                 let lo = last_op(
                     op::CREATE,
                     state::SUCCESSFUL,
@@ -206,6 +232,7 @@ pub fn evaluate(m: &Machine, node: Option<&Node>, cfg: &Config, now: Timestamp) 
         phase::UNKNOWN => {
             let unhealthy_for = since_update.map_or(Duration::ZERO, |t| elapsed(now, t));
             if healthy {
+                out.joined_after_create = create_unfinished(m);
                 let lo = last_op(
                     op::HEALTH_CHECK,
                     state::SUCCESSFUL,
@@ -257,6 +284,8 @@ mod tests {
             orphan_period: Duration::from_secs(900),
             retry: Default::default(),
             health_recheck: Duration::from_secs(60),
+            node_conditions: crate::controller::context::DEFAULT_NODE_CONDITIONS.into(),
+            bootstrap_token_auth_extra_groups: String::new(),
         }
     }
 
@@ -437,5 +466,141 @@ mod tests {
             let o = evaluate(&m, None, &cfg(), ts("2027-01-01T00:00:00Z"));
             assert!(o.update.is_empty() && o.recheck.is_none(), "{ph}");
         }
+    }
+
+    fn tainted(mut n: Node, key: &str, effect: &str) -> Node {
+        n.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            taints: Some(vec![k8s_openapi::api::core::v1::Taint {
+                key: key.into(),
+                effect: effect.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        n
+    }
+
+    #[test]
+    fn health_follows_mcm_rules_exactly() {
+        let bad = |list: &str| list.split(',').map(str::to_owned).collect::<Vec<_>>();
+        let default = bad(crate::controller::context::DEFAULT_NODE_CONDITIONS);
+        // Unknown is not False: unhealthy.
+        assert!(!is_healthy(
+            &node(&[("Ready", "True"), ("DiskPressure", "Unknown")]),
+            &default
+        ));
+        assert!(!is_healthy(&node(&[("Ready", "Unknown")]), &default));
+        // No conditions at all: the kubelet has not reported yet.
+        assert!(!is_healthy(&node(&[]), &default));
+        // Types are compared case-sensitively.
+        assert!(is_healthy(
+            &node(&[("Ready", "True"), ("DiskPressure", "True")]),
+            &bad("diskpressure")
+        ));
+        // A bad type that is not reported does not count; Ready is only checked when present.
+        assert!(is_healthy(&node(&[("MemoryPressure", "False")]), &default));
+        assert!(is_healthy(
+            &node(&[("Ready", "True"), ("KernelDeadlock", "False")]),
+            &default
+        ));
+    }
+
+    #[test]
+    fn node_conditions_come_from_the_flag_unless_the_machine_overrides_them() {
+        let mut m = machine("Running", "2026-01-01T00:05:00Z");
+        let mut c = cfg();
+        c.node_conditions = "FrequentKubeletRestart".into();
+        let n = node(&[("Ready", "True"), ("FrequentKubeletRestart", "True")]);
+        let now = ts("2026-01-01T01:00:00Z");
+        assert_eq!(phase_of(&evaluate(&m, Some(&n), &c, now)), Some("Unknown"));
+        // An empty override means no bad types at all, as in MCM.
+        m.spec.node_conditions = Some(String::new());
+        assert_eq!(phase_of(&evaluate(&m, Some(&n), &c, now)), None);
+    }
+
+    #[test]
+    fn pending_waits_for_the_critical_components_taint_to_go() {
+        let mut m = machine("Pending", "2026-01-01T00:00:00Z");
+        m.status.as_mut().unwrap().last_operation = Some(last_op(
+            op::CREATE,
+            state::PROCESSING,
+            "Creating machine on cloud provider",
+            None,
+            ts("2026-01-01T00:00:00Z"),
+        ));
+        let ready = node(&[("Ready", "True")]);
+        let now = ts("2026-01-01T00:03:00Z");
+        let held = evaluate(
+            &m,
+            Some(&tainted(
+                ready.clone(),
+                CRITICAL_COMPONENTS_NOT_READY_TAINT,
+                "NoSchedule",
+            )),
+            &cfg(),
+            now,
+        );
+        assert_eq!(phase_of(&held), None);
+        assert!(!held.joined_after_create);
+        assert_eq!(held.recheck, Some(Duration::from_secs(17 * 60)));
+        // Another effect of the same key, or another key, does not hold it.
+        for other in [
+            tainted(
+                ready.clone(),
+                CRITICAL_COMPONENTS_NOT_READY_TAINT,
+                "NoExecute",
+            ),
+            tainted(ready.clone(), "example.com/other", "NoSchedule"),
+            ready.clone(),
+        ] {
+            let o = evaluate(&m, Some(&other), &cfg(), now);
+            assert_eq!(phase_of(&o), Some("Running"));
+            assert!(o.joined_after_create);
+        }
+        // Still tainted at the creation timeout: Failed.
+        let late = evaluate(
+            &m,
+            Some(&tainted(
+                ready.clone(),
+                CRITICAL_COMPONENTS_NOT_READY_TAINT,
+                "NoSchedule",
+            )),
+            &cfg(),
+            ts("2026-01-01T00:20:00Z"),
+        );
+        assert_eq!(phase_of(&late), Some("Failed"));
+        // A Running machine is not affected by the taint.
+        let running = machine("Running", "2026-01-01T00:05:00Z");
+        let o = evaluate(
+            &running,
+            Some(&tainted(
+                ready,
+                CRITICAL_COMPONENTS_NOT_READY_TAINT,
+                "NoSchedule",
+            )),
+            &cfg(),
+            now,
+        );
+        assert_eq!(phase_of(&o), None);
+    }
+
+    #[test]
+    fn a_rejoin_after_a_successful_create_is_not_a_first_join() {
+        let mut m = machine("Unknown", "2026-01-01T01:00:00Z");
+        m.status.as_mut().unwrap().last_operation = Some(last_op(
+            op::HEALTH_CHECK,
+            state::PROCESSING,
+            "unhealthy",
+            None,
+            ts("2026-01-01T01:00:00Z"),
+        ));
+        let o = evaluate(
+            &m,
+            Some(&node(&[("Ready", "True")])),
+            &cfg(),
+            ts("2026-01-01T01:01:00Z"),
+        );
+        assert_eq!(phase_of(&o), Some("Running"));
+        assert!(!o.joined_after_create);
     }
 }

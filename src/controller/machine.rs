@@ -1,10 +1,15 @@
 //! The Machine reconciler, under the finalizer `machine.sapcloud.io/machine-controller-manager`
 //! (kube-runtime's [`finalizer`] helper): `Apply` runs the create flow and the health check,
-//! `Cleanup` runs the delete flow.
+//! `Cleanup` runs the delete flow. With a target cluster, `Apply` first brings the Machine's
+//! Node in line ([`super::node_sync`]: finalizer, nodeTemplate, machine-name label; a Node
+//! being deleted deletes its Machine).
 //!
 //! # Create flow (MCM's `triggerCreationFlow`)
 //! Runs while `spec.providerID` is empty or the phase is `""`/`CrashLoopBackOff`:
 //! 1. Merge the class's Secrets; `userData` is required, `<<MACHINE_NAME>>` substituted.
+//!    Right before CreateMachine, with a target cluster, `<<BOOTSTRAP_TOKEN>>` is replaced by
+//!    the machine's bootstrap token ([`super::bootstrap_token`]; deleted again when the
+//!    machine turns Running).
 //! 2. GetMachineStatus. OK → adopt the device it names (this is what makes a restart after a
 //!    lost CreateMachine answer safe). NotFound/Unimplemented (or the capability missing) →
 //!    CreateMachine when there is no `spec.providerID`, else keep `spec.providerID`.
@@ -21,7 +26,8 @@
 //! # Delete flow (MCM's `triggerDeletionFlow`, minimal drain)
 //! Phase `Terminating` + lastOperation `Delete/Processing` → cordon the Node (no eviction:
 //! `--machine-drain-timeout` is accepted but nothing waits on it) → DeleteMachine (OK and
-//! NotFound both mean done) → delete the Node → the helper removes the finalizer. Every step
+//! NotFound both mean done) → remove the Node finalizer (ours or an older sidecar's) and delete
+//! the Node → the helper removes the finalizer. Every step
 //! is idempotent, so a crash anywhere repeats at most a no-op.
 //!
 //! # Guarantees
@@ -49,10 +55,11 @@ use crate::cmi::v1::{
 };
 
 use super::{
+    bootstrap_token,
     context::Context,
     crd::{DEFAULT_PRIORITY, Machine, MachineClass, NODE_LABEL, PRIORITY_ANNOTATION},
     error::{Error, Result, is_not_found},
-    health, machine_metrics,
+    health, machine_metrics, node_finalizer, node_sync,
     secrets::{self, SecretData},
     similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
@@ -186,6 +193,11 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
     let mut recheck = None;
     if ctx.has_target() && m.node_name().is_some() && !ph.is_empty() {
         let node = node_of(ctx, m).await?;
+        if let Some(n) = &node
+            && node_sync::sync(m, &class, n, ctx).await? == node_sync::Next::MachineDeleted
+        {
+            return Ok(Action::await_change());
+        }
         let now = Timestamp::now();
         let outcome = health::evaluate(m, node.as_ref(), &ctx.config, now);
         if let Some(cur) = &outcome.update.current {
@@ -193,6 +205,13 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
             machine_metrics::record_phase_change(&ctx.metrics.mcm, m, &class, &cur.phase, now);
         }
         patch_status(m, ctx, &outcome.update).await?;
+        if let (true, Some(target)) = (outcome.joined_after_create, &ctx.target) {
+            // The token has served its purpose; like MCM, a failed delete is only logged
+            // (the token expires with the creation timeout anyway).
+            if let Err(error) = bootstrap_token::delete(target, &m.name_any()).await {
+                tracing::warn!(machine = %m.name_any(), %error, "could not delete the bootstrap token");
+            }
+        }
         recheck = outcome.recheck;
         if outcome.update.current.is_some() {
             return Ok(Action::requeue(
@@ -306,6 +325,10 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
             None,
         ),
         None => {
+            let mut secrets = secrets;
+            if let Some(target) = &ctx.target {
+                add_bootstrap_token(m, ctx, target, &mut secrets).await?;
+            }
             let request = CreateMachineRequest {
                 machine_name: name.clone(),
                 provider_spec: provider_spec.clone(),
@@ -384,6 +407,33 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
     } else {
         ctx.config.retry.long
     }))
+}
+
+/// Puts the machine's bootstrap token into its userData when the userData asks for one
+/// (`<<BOOTSTRAP_TOKEN>>`, raw or URL-escaped). The token Secret is fetched or created in the
+/// target cluster, valid for the machine's creation timeout.
+async fn add_bootstrap_token(
+    m: &Machine,
+    ctx: &Context,
+    target: &kube::Client,
+    secrets: &mut std::collections::HashMap<String, Vec<u8>>,
+) -> Result<()> {
+    let Some(user_data) = secrets
+        .get_mut(secrets::USER_DATA)
+        .filter(|u| bootstrap_token::wanted(u))
+    else {
+        return Ok(());
+    };
+    let (creation_timeout, _) = health::timeouts(m, &ctx.config);
+    let token = bootstrap_token::get_or_create(
+        target,
+        &m.name_any(),
+        creation_timeout,
+        &ctx.config.bootstrap_token_auth_extra_groups,
+    )
+    .await?;
+    *user_data = bootstrap_token::substitute(user_data, &token);
+    Ok(())
 }
 
 /// Writes `spec.providerID`, the `node` label and the priority annotation, skipping the
@@ -516,6 +566,7 @@ async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
     }
 
     if let (Some(target), Some(node)) = (&ctx.target, &node_name) {
+        node_finalizer::remove(target, node).await?;
         let nodes: Api<Node> = Api::all(target.clone());
         match nodes.delete(node, &Default::default()).await {
             Ok(_) => tracing::info!(machine = %name, node = %node, "node object deleted"),

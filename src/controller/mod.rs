@@ -12,6 +12,7 @@
 //! controllers. Shutdown (SIGTERM): controllers finish in-flight reconciles, the lease is
 //! released, the side port closes.
 
+pub mod bootstrap_token;
 pub mod context;
 pub mod crd;
 pub mod duration;
@@ -23,6 +24,9 @@ pub mod leader;
 pub mod machine;
 pub mod machine_class;
 pub mod machine_metrics;
+pub mod node_finalizer;
+pub mod node_sync;
+pub mod node_template;
 pub mod orphans;
 pub mod rate_limit;
 pub mod secrets;
@@ -138,6 +142,22 @@ pub struct ControllerArgs {
     /// a Node event (timeouts are counted at this granularity).
     #[arg(long, env = "MACHINE_HEALTH_RECHECK_PERIOD", default_value = "1m", value_parser = go_duration)]
     pub machine_health_recheck_period: Duration,
+
+    /// Comma-separated, case-sensitive Node condition types that make a Machine unhealthy
+    /// unless `False` (`Unknown` counts as unhealthy); `spec.nodeConditions` overrides it
+    /// per Machine. MCM's flag and default.
+    #[arg(
+        long,
+        env = "NODE_CONDITIONS",
+        default_value = context::DEFAULT_NODE_CONDITIONS
+    )]
+    pub node_conditions: String,
+
+    /// Comma-separated groups written to the `auth-extra-groups` field of the bootstrap
+    /// token Secret created for each new Machine whose userData asks for a token (MCM's flag;
+    /// Gardener passes its node-bootstrapper group).
+    #[arg(long, env = "BOOTSTRAP_TOKEN_AUTH_EXTRA_GROUPS", default_value = "")]
+    pub bootstrap_token_auth_extra_groups: String,
 
     /// Side-port address for /healthz, /readyz and /metrics.
     #[arg(
@@ -426,6 +446,8 @@ async fn run_with(
                 ..RetryPeriods::default()
             },
             health_recheck: args.machine_health_recheck_period,
+            node_conditions: args.node_conditions.clone(),
+            bootstrap_token_auth_extra_groups: args.bootstrap_token_auth_extra_groups.clone(),
         },
         metrics: metrics.clone(),
     });
@@ -480,6 +502,10 @@ async fn run_with(
     if let Some(t) = &target {
         let store = machine_store.clone();
         // Only a Node's name maps it to its Machine; its status is read when reconciling.
+        // Metadata-only is enough to see every change: any write to a Node (conditions,
+        // taints such as Gardener's critical-components one, a deletion) bumps its
+        // resourceVersion, and the API server reports it as a MODIFIED event here too, while
+        // the Node's spec and status never enter this process's memory through the watch.
         let nodes: Api<PartialObjectMeta<Node>> = Api::all(t.clone());
         machine_controller = machine_controller.watches(
             nodes,

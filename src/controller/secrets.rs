@@ -1,7 +1,7 @@
 //! The Secrets map every CMI request carries: the data of the class's `secretRef`, then of
 //! its `credentialsSecretRef` (MCM's `getSecretData`/`mergeDataMaps`: **later wins** on a key
-//! clash). For CreateMachine, `userData` is mandatory and `<<MACHINE_NAME>>` in it is
-//! replaced by the machine name.
+//! clash). For CreateMachine, `userData` is mandatory and `<<MACHINE_NAME>>` in it (or its
+//! URL-query-escaped form, as ignition userData carries it) is replaced by the machine name.
 //!
 //! Secret values never reach a log line or an error message from here: errors name keys and
 //! Secret names only.
@@ -50,7 +50,7 @@ impl SecretData {
     }
 
     /// The map for CreateMachine: `userData` must be present and non-empty, and
-    /// `<<MACHINE_NAME>>` in it is replaced with `machine_name`.
+    /// `<<MACHINE_NAME>>` in it is replaced with `machine_name` (see [`substitute_placeholder`]).
     pub fn for_create(&self, machine_name: &str) -> Result<HashMap<String, Vec<u8>>> {
         let mut map = self.to_cmi();
         let user_data = map
@@ -59,18 +59,56 @@ impl SecretData {
             .ok_or_else(|| Error::MissingUserData {
                 keys: self.keys().map(str::to_owned).collect::<Vec<_>>().join(","),
             })?;
-        *user_data = substitute(user_data, MACHINE_NAME_PLACEHOLDER, machine_name.as_bytes());
+        *user_data = substitute_placeholder(user_data, MACHINE_NAME_PLACEHOLDER, machine_name);
         Ok(map)
     }
 }
 
+/// Whether `user_data` holds `placeholder`, raw or URL-query-escaped.
+pub fn has_placeholder(user_data: &[u8], placeholder: &str) -> bool {
+    contains(user_data, placeholder.as_bytes())
+        || contains(user_data, query_escape(placeholder).as_bytes())
+}
+
+/// MCM's placeholder rule (`userdata.go`): replace every raw `placeholder` when there is one,
+/// otherwise every URL-query-escaped placeholder with the escaped `value`.
+pub fn substitute_placeholder(user_data: &[u8], placeholder: &str, value: &str) -> Vec<u8> {
+    if contains(user_data, placeholder.as_bytes()) {
+        replace_all(user_data, placeholder.as_bytes(), value.as_bytes())
+    } else {
+        replace_all(
+            user_data,
+            query_escape(placeholder).as_bytes(),
+            query_escape(value).as_bytes(),
+        )
+    }
+}
+
+/// Go's `url.QueryEscape`: unreserved bytes stay, space becomes `+`, the rest `%XX`.
+pub fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Byte-wise replace-all (userData need not be UTF-8, e.g. gzip).
-fn substitute(haystack: &[u8], needle: &str, with: &[u8]) -> Vec<u8> {
-    let needle = needle.as_bytes();
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(haystack.len());
     let mut i = 0;
     while i < haystack.len() {
-        if haystack[i..].starts_with(needle) {
+        if !needle.is_empty() && haystack[i..].starts_with(needle) {
             out.extend_from_slice(with);
             i += needle.len();
         } else {
@@ -189,13 +227,31 @@ mod tests {
     fn substitution_is_byte_safe() {
         let bytes = [0xff, b'<', b'<', 0x00];
         assert_eq!(
-            substitute(&bytes, MACHINE_NAME_PLACEHOLDER, b"x"),
+            substitute_placeholder(&bytes, MACHINE_NAME_PLACEHOLDER, "x"),
             bytes.to_vec()
         );
         assert_eq!(
-            substitute(b"<<MACHINE_NAME>>", MACHINE_NAME_PLACEHOLDER, b"x"),
+            substitute_placeholder(b"<<MACHINE_NAME>>", MACHINE_NAME_PLACEHOLDER, "x"),
             b"x".to_vec()
         );
+    }
+
+    #[test]
+    fn query_escape_matches_go() {
+        assert_eq!(query_escape("<<MACHINE_NAME>>"), "%3C%3CMACHINE_NAME%3E%3E");
+        assert_eq!(query_escape("a b/c~d.e"), "a+b%2Fc~d.e");
+    }
+
+    /// Ignition userData carries the placeholder URL-escaped; MCM replaces that form only
+    /// when the raw one is absent.
+    #[test]
+    fn the_escaped_machine_name_placeholder_is_replaced() {
+        let d = data(&[("userData", "data:,host%3D%3C%3CMACHINE_NAME%3E%3E")]);
+        let m = SecretData::merge([&d]).for_create("m-1").unwrap();
+        assert_eq!(m["userData"], b"data:,host%3Dm-1");
+        let both = data(&[("userData", "<<MACHINE_NAME>> %3C%3CMACHINE_NAME%3E%3E")]);
+        let m = SecretData::merge([&both]).for_create("m-1").unwrap();
+        assert_eq!(m["userData"], b"m-1 %3C%3CMACHINE_NAME%3E%3E");
     }
 
     #[test]
