@@ -246,6 +246,11 @@ impl Stack {
             s("--leader-elect-renew-deadline=2s"),
             s("--leader-elect-retry-period=500ms"),
         ];
+        // A test's flag replaces the default of the same name (e.g. --target-kubeconfig=none).
+        let flag_name = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
+        let overridden: BTreeSet<String> =
+            opts.controller_flags.iter().map(|f| flag_name(f)).collect();
+        controller_args.retain(|a| !overridden.contains(&flag_name(a)));
         controller_args.extend(opts.controller_flags.iter().map(|f| s(f)));
         let mut stack = Stack {
             ns: ns.to_owned(),
@@ -1093,63 +1098,12 @@ struct KnownDivergence {
     why: &'static str,
 }
 
-const ORACLE_KNOWN_DIVERGENCES: &[KnownDivergence] = &[
-    KnownDivergence {
-        key: "Secret/*/finalizers",
-        ours: Some(""),
-        mcm: Some("machine.sapcloud.io/machine-controller"),
-        why: "ours does not yet finalize Secrets referenced by a MachineClass",
-    },
-    KnownDivergence {
-        key: "Node/*/finalizers",
-        ours: Some(""),
-        mcm: Some("node.machine.sapcloud.io/machine-controller"),
-        why: "ours does not yet put its finalizer on Nodes",
-    },
-    KnownDivergence {
-        key: "Node/*/label/node.gardener.cloud/machine-name",
-        ours: None,
-        mcm: Some("<ns>-m1"),
-        why: "ours does not yet label Nodes with their Machine's name",
-    },
-    KnownDivergence {
-        key: "Node/*/annotation/node.machine.sapcloud.io/last-applied-anno-labels-taints",
-        ours: None,
-        mcm: Some("{*}"),
-        why: "ours does not yet sync nodeTemplate labels, annotations and taints to Nodes",
-    },
-    // The nodeTemplate scenario's own labels, annotation and taints, for the same reason.
-    KnownDivergence {
-        key: "Node/*/label/worker.gardener.cloud/pool",
-        ours: None,
-        mcm: Some("pool-*"),
-        why: "ours does not yet sync nodeTemplate labels to Nodes",
-    },
-    KnownDivergence {
-        key: "Node/*/label/e2e.metal-driver.io/role",
-        ours: None,
-        mcm: Some("oracle"),
-        why: "ours does not yet sync nodeTemplate labels to Nodes",
-    },
-    KnownDivergence {
-        key: "Node/*/annotation/e2e.metal-driver.io/note",
-        ours: None,
-        mcm: Some("first"),
-        why: "ours does not yet sync nodeTemplate annotations to Nodes",
-    },
-    KnownDivergence {
-        key: "Node/*/taint/dedicated:NoSchedule",
-        ours: None,
-        mcm: Some("infra"),
-        why: "ours does not yet sync nodeTemplate taints to Nodes",
-    },
-    KnownDivergence {
-        key: "Node/*/taint/e2e.metal-driver.io/gpu:NoSchedule",
-        ours: None,
-        mcm: Some("true"),
-        why: "ours does not yet sync nodeTemplate taints to Nodes",
-    },
-];
+const ORACLE_KNOWN_DIVERGENCES: &[KnownDivergence] = &[KnownDivergence {
+    key: "Secret/*/finalizers",
+    ours: Some(""),
+    mcm: Some("machine.sapcloud.io/machine-controller"),
+    why: "ours does not yet finalize Secrets referenced by a MachineClass",
+}];
 
 /// Whether an observed value (`None`: absent) matches a divergence's pattern.
 fn value_matches(pattern: Option<&str>, value: Option<&str>) -> bool {
@@ -2351,6 +2305,650 @@ async fn broken_class_machine_goes_from_crashloop_to_gone() {
             "{stats}"
         );
         assert!(stack.devices().await.is_empty());
+        stack
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The Node side of a Machine's life: bootstrap tokens, readiness for workloads, the Node
+// finalizer, nodeTemplate sync, and a deleted Node replacing its Machine.
+// ---------------------------------------------------------------------------------------
+
+const CRITICAL_TAINT: &str = "node.gardener.cloud/critical-components-not-ready";
+const NODE_FINALIZER: &str = "node.machine.sapcloud.io/machine-controller";
+const MACHINE_NAME_LABEL: &str = "node.gardener.cloud/machine-name";
+
+/// MCM's bootstrap token id: first 6 hex digits of the last 5 bytes of the machine name.
+fn token_id(machine: &str) -> String {
+    let b = machine.as_bytes();
+    b[b.len() - 5..]
+        .iter()
+        .map(|c| format!("{c:02x}"))
+        .collect::<String>()[..6]
+        .to_owned()
+}
+
+/// A machine name whose token id differs between test namespaces (the id only sees the
+/// last 5 bytes, so they come from the namespace's random suffix).
+fn machine_name_for(ns: &str) -> String {
+    format!("m-{ns}")
+}
+
+/// The sample Secret with `userData` asking for a bootstrap token (raw placeholder) and the
+/// machine name in its URL-escaped form (as ignition carries it).
+async fn apply_secret_with_token_placeholder(client: &Client, ns: &str) {
+    apply_sample(client, ns, "secret.yaml", |s| {
+        s["stringData"]["userData"] = json!(
+            "#cloud-config\nwrite_files:\n- path: /var/lib/token\n  content: <<BOOTSTRAP_TOKEN>>\n\
+             - path: /etc/host\n  content: data:,%3C%3CMACHINE_NAME%3E%3E\n"
+        );
+    })
+    .await;
+}
+
+async fn bootstrap_secret(client: &Client, id: &str) -> Option<k8s_openapi::api::core::v1::Secret> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "kube-system");
+    api.get_opt(&format!("bootstrap-token-{id}"))
+        .await
+        .expect("get token Secret")
+}
+
+fn secret_field(s: &k8s_openapi::api::core::v1::Secret, key: &str) -> String {
+    let v = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .unwrap_or_else(|| panic!("no {key}"));
+    String::from_utf8(v.0.clone()).expect("utf-8")
+}
+
+/// Who the API server says the bearer of `token` is (a `SelfSubjectReview`).
+async fn whoami(token: &str) -> Value {
+    let mut config = kube::Config::infer().await.expect("kube config");
+    config.auth_info = serde_json::from_value(json!({ "token": token })).expect("auth info");
+    let client = Client::try_from(config).expect("token client");
+    let api: Api<k8s_openapi::api::authentication::v1::SelfSubjectReview> = Api::all(client);
+    let review = api
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"
+            }))
+            .expect("review"),
+        )
+        .await
+        .expect("SelfSubjectReview with the bootstrap token");
+    serde_json::to_value(review.status).expect("status")
+}
+
+/// Creates the Node a machine will join as, before its server exists: what a node agent
+/// registering with Gardener's taint looks like. `finalizers` stand for what an older
+/// controller (or another one) left on it.
+async fn pre_register_node(client: &Client, name: &str, finalizers: &[&str]) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "finalizers": finalizers},
+                "spec": {"taints": [{"key": CRITICAL_TAINT, "effect": "NoSchedule"}]}
+            })),
+        )
+        .await
+        .expect("pre-register Node");
+}
+
+fn user_data_of(device: &Value) -> String {
+    device["userdata"].as_str().unwrap_or_default().to_owned()
+}
+
+/// k) Bootstrap token and readiness for workloads: the token Secret exists with MCM's
+/// fields, the device's userData carries `<id>.<secret>` (and the URL-escaped machine name),
+/// the API server authenticates the token as `system:bootstrap:<id>`; the Machine stays
+/// Pending while Gardener's critical-components taint is on its Ready Node and turns Running
+/// when it goes, which deletes the token. The Node carries our finalizer and the
+/// machine-name label; on Machine delete the finalizer (here: left by an older controller)
+/// is removed before the Node is deleted, and another controller's finalizer is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn k_bootstrap_token_and_the_taint_hold_pending() {
+    let opts = Opts {
+        provision_seconds: 1.0,
+        controller_flags: vec!["--bootstrap-token-auth-extra-groups=system:bootstrappers:e2e"],
+        ..Opts::default()
+    };
+    with_temp_ns("k", opts, |stack| async move {
+        let client = stack.client.clone();
+        let ns = stack.ns.clone();
+        apply_secret_with_token_placeholder(&client, &ns).await;
+        apply_sample(&client, &ns, "machine-class.yaml", |_| {}).await;
+        let name = machine_name_for(&ns);
+        let id = token_id(&name);
+        pre_register_node(&client, &name, &[NODE_FINALIZER, "example.com/e2e-keep"]).await;
+        let before = k8s_openapi::jiff::Timestamp::now();
+        apply_sample(&client, &ns, "machine.yaml", |m| {
+            m["metadata"]["name"] = json!(name)
+        })
+        .await;
+
+        // The token Secret, as MCM writes it.
+        let c = client.clone();
+        let secret = eventually("bootstrap token Secret", Duration::from_secs(60), || {
+            let (c, id) = (c.clone(), id.clone());
+            async move { bootstrap_secret(&c, &id).await }
+        })
+        .await;
+        assert_eq!(
+            secret.type_.as_deref(),
+            Some("bootstrap.kubernetes.io/token")
+        );
+        assert_eq!(secret_field(&secret, "token-id"), id);
+        let token_secret = secret_field(&secret, "token-secret");
+        assert_eq!(token_secret.len(), 16);
+        assert!(
+            token_secret
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
+        assert_eq!(
+            secret_field(&secret, "usage-bootstrap-authentication"),
+            "true"
+        );
+        assert_eq!(secret_field(&secret, "usage-bootstrap-signing"), "true");
+        assert_eq!(
+            secret_field(&secret, "auth-extra-groups"),
+            "system:bootstrappers:e2e"
+        );
+        let expiration: k8s_openapi::jiff::Timestamp = secret_field(&secret, "expiration")
+            .parse()
+            .expect("RFC 3339 expiration");
+        let valid = expiration.duration_since(before);
+        assert!(
+            valid >= k8s_openapi::jiff::SignedDuration::from_mins(19)
+                && valid <= k8s_openapi::jiff::SignedDuration::from_mins(21),
+            "expiration = creation + the 20m creation timeout, got {valid}"
+        );
+        let bearer = format!("{id}.{token_secret}");
+
+        // The device got the token and the machine name in its userData.
+        let s = &stack;
+        let device = eventually(
+            "the Machine's device",
+            Duration::from_secs(60),
+            || async move { s.devices().await.into_values().next() },
+        )
+        .await;
+        let user_data = user_data_of(&device);
+        assert!(
+            user_data.contains(&format!("content: {bearer}\n")),
+            "token not substituted"
+        );
+        assert!(!user_data.contains("BOOTSTRAP_TOKEN"));
+        assert!(
+            user_data.contains(&format!("content: data:,{name}\n")),
+            "escaped machine name not substituted"
+        );
+
+        // The API server knows the token.
+        let review = whoami(&bearer).await;
+        assert_eq!(
+            review["userInfo"]["username"],
+            format!("system:bootstrap:{id}"),
+            "{review}"
+        );
+        let groups = review["userInfo"]["groups"].to_string();
+        assert!(groups.contains("system:bootstrappers:e2e"), "{groups}");
+
+        // Ready (the sim's kubelet stand-in) but tainted: stays Pending.
+        let nodes: Api<Node> = Api::all(client.clone());
+        let n = nodes.clone();
+        let nm = name.clone();
+        eventually(
+            "Node Ready with the finalizer and machine-name label",
+            Duration::from_secs(60),
+            || {
+                let (n, nm) = (n.clone(), nm.clone());
+                async move {
+                    let node = n.get(&nm).await.ok()?;
+                    let ready = node
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .as_ref()?
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    let labelled = node.labels().get(MACHINE_NAME_LABEL) == Some(&nm);
+                    let finalized = node.finalizers().iter().any(|f| f == NODE_FINALIZER);
+                    (ready && labelled && finalized).then_some(())
+                }
+            },
+        )
+        .await;
+        let machines = stack.machines();
+        // Several health rechecks (5 s) and Node events later, still Pending.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let m = machines.get(&name).await.expect("machine");
+        assert_eq!(
+            m.phase(),
+            "Pending",
+            "the taint must hold the Machine Pending"
+        );
+        assert!(
+            bootstrap_secret(&client, &id).await.is_some(),
+            "token kept while Pending"
+        );
+
+        // Gardener removes its taint: Running, and the token is deleted.
+        nodes
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"taints": null}})),
+            )
+            .await
+            .expect("remove taint");
+        let t = Instant::now();
+        let running = eventually(
+            "Running after the taint is gone",
+            Duration::from_secs(30),
+            || {
+                let (machines, name) = (machines.clone(), name.clone());
+                async move {
+                    machines
+                        .get(&name)
+                        .await
+                        .ok()
+                        .filter(|m| m.phase() == "Running")
+                }
+            },
+        )
+        .await;
+        let lo = running
+            .status
+            .as_ref()
+            .and_then(|s| s.last_operation.clone())
+            .expect("lastOperation");
+        assert_eq!(
+            (lo.type_.as_str(), lo.state.as_str()),
+            ("Create", "Successful")
+        );
+        let c = client.clone();
+        eventually(
+            "token Secret deleted on Running",
+            Duration::from_secs(30),
+            || {
+                let (c, id) = (c.clone(), id.clone());
+                async move { bootstrap_secret(&c, &id).await.is_none().then_some(()) }
+            },
+        )
+        .await;
+        eprintln!(
+            "k: Running {:.1}s after the taint was removed",
+            t.elapsed().as_secs_f64()
+        );
+
+        // Delete: our (the older controller's) finalizer goes, the foreign one stays.
+        machines
+            .delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete machine");
+        eventually("Machine gone", Duration::from_secs(60), || {
+            let (machines, name) = (machines.clone(), name.clone());
+            async move { machines.get_opt(&name).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+        let node = nodes
+            .get(&name)
+            .await
+            .expect("Node kept by the foreign finalizer");
+        assert!(
+            node.metadata.deletion_timestamp.is_some(),
+            "Node deleted by the delete flow"
+        );
+        assert_eq!(node.finalizers(), ["example.com/e2e-keep"]);
+        assert!(stack.devices().await.is_empty());
+        nodes
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await
+            .expect("release foreign finalizer");
+        eventually("Node gone", Duration::from_secs(30), || {
+            let (nodes, name) = (nodes.clone(), name.clone());
+            async move { nodes.get_opt(&name).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+        stack
+    })
+    .await;
+}
+
+/// l) Without a target cluster no token Secret is made and the placeholder stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn l_no_bootstrap_token_without_a_target_cluster() {
+    let opts = Opts {
+        provision_seconds: 1.0,
+        controller_flags: vec!["--target-kubeconfig=none"],
+        ..Opts::default()
+    };
+    with_temp_ns("l", opts, |stack| async move {
+        let client = stack.client.clone();
+        let ns = stack.ns.clone();
+        apply_secret_with_token_placeholder(&client, &ns).await;
+        apply_sample(&client, &ns, "machine-class.yaml", |_| {}).await;
+        let name = machine_name_for(&ns);
+        apply_sample(&client, &ns, "machine.yaml", |m| {
+            m["metadata"]["name"] = json!(name)
+        })
+        .await;
+        let machines = stack.machines();
+        eventually("Available", Duration::from_secs(60), || {
+            let (machines, name) = (machines.clone(), name.clone());
+            async move {
+                machines
+                    .get(&name)
+                    .await
+                    .ok()
+                    .filter(|m| m.phase() == "Available")
+            }
+        })
+        .await;
+        let devices = stack.devices().await;
+        let device = devices.values().next().expect("device");
+        let user_data = user_data_of(device);
+        assert!(
+            user_data.contains("content: <<BOOTSTRAP_TOKEN>>\n"),
+            "placeholder must stay"
+        );
+        assert!(user_data.contains(&format!("content: data:,{name}\n")));
+        assert!(bootstrap_secret(&client, &token_id(&name)).await.is_none());
+        stack
+    })
+    .await;
+}
+
+/// m) nodeTemplate sync: the Machine's labels, annotations and taints and the class's
+/// virtual capacity appear on the Node; dropped from the template (or class) they are
+/// removed again, while what others put on the Node stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn m_node_template_is_applied_and_removed() {
+    let opts = Opts {
+        provision_seconds: 1.0,
+        ..Opts::default()
+    };
+    with_temp_ns("m", opts, |stack| async move {
+        let client = stack.client.clone();
+        let ns = stack.ns.clone();
+        apply_sample(&client, &ns, "secret.yaml", |_| {}).await;
+        let class = apply_sample(&client, &ns, "machine-class.yaml", |c| {
+            c["nodeTemplate"] = json!({
+                "capacity": {"cpu": "8", "memory": "32Gi", "gpu": "0"},
+                "instanceType": "c3.small.x86", "region": "sv", "zone": "sv15",
+                "virtualCapacity": {"example.com/virtual": "1024Mi"}
+            });
+        })
+        .await;
+        let name = format!("{ns}-m1");
+        apply_sample(&client, &ns, "machine.yaml", |m| {
+            m["metadata"]["name"] = json!(name);
+            m["spec"]["nodeTemplate"] = json!({
+                "metadata": {
+                    "labels": {"pool": "a", "gone": "soon"},
+                    "annotations": {"note": "x"}
+                },
+                "spec": {"taints": [
+                    {"key": "dedicated", "value": "db", "effect": "NoSchedule"},
+                    {"key": "gone", "effect": "NoExecute"}
+                ]}
+            });
+        })
+        .await;
+        let nodes: Api<Node> = Api::all(client.clone());
+        // The API server's admission adds `node.kubernetes.io/not-ready` to a new Node (no
+        // node-lifecycle controller runs here to take it off): not the template's business.
+        let taint_set = |n: &Node| -> BTreeSet<String> {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default()
+                .iter()
+                .filter(|t| !t.key.starts_with("node.kubernetes.io/"))
+                .map(|t| {
+                    format!(
+                        "{}={}:{}",
+                        t.key,
+                        t.value.clone().unwrap_or_default(),
+                        t.effect
+                    )
+                })
+                .collect()
+        };
+        let n = nodes.clone();
+        let nm = name.clone();
+        let node = eventually("template on the Node", Duration::from_secs(60), || {
+            let (n, nm) = (n.clone(), nm.clone());
+            async move {
+                let node = n.get(&nm).await.ok()?;
+                let cap = node
+                    .status
+                    .as_ref()?
+                    .capacity
+                    .as_ref()?
+                    .get("example.com/virtual")?
+                    .0
+                    .clone();
+                (node.labels().get("pool").map(String::as_str) == Some("a")
+                    && node.labels().get(MACHINE_NAME_LABEL) == Some(&nm)
+                    && !cap.is_empty())
+                .then_some(node)
+            }
+        })
+        .await;
+        assert_eq!(node.labels().get("gone").map(String::as_str), Some("soon"));
+        assert_eq!(
+            node.annotations().get("note").map(String::as_str),
+            Some("x")
+        );
+        assert!(
+            node.annotations()
+                .contains_key("node.machine.sapcloud.io/last-applied-anno-labels-taints")
+        );
+        assert_eq!(
+            taint_set(&node),
+            BTreeSet::from([
+                "dedicated=db:NoSchedule".to_owned(),
+                "gone=:NoExecute".to_owned()
+            ])
+        );
+        let cap = node
+            .status
+            .as_ref()
+            .and_then(|s| s.capacity.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            cap.get("example.com/virtual").map(|q| q.0.as_str()),
+            Some("1Gi")
+        );
+
+        // Someone else's label and taint.
+        nodes
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"foreign": "f"}}})),
+            )
+            .await
+            .expect("foreign label");
+        let mut taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        taints.push(
+            serde_json::from_value(json!({"key": "foreign", "effect": "NoSchedule"})).unwrap(),
+        );
+        nodes
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"taints": taints}})),
+            )
+            .await
+            .expect("foreign taint");
+
+        // Drop a label, the annotation and a taint; change the other taint.
+        stack
+            .machines()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeTemplate": {
+                "metadata": {"labels": {"pool": "b", "gone": null}, "annotations": null},
+                "spec": {"taints": [{"key": "dedicated", "value": "web", "effect": "NoSchedule"}]}
+            }}})))
+            .await
+            .expect("edit nodeTemplate");
+        let n = nodes.clone();
+        let nm = name.clone();
+        let node = eventually("dropped entries removed", Duration::from_secs(30), || {
+            let (n, nm) = (n.clone(), nm.clone());
+            async move {
+                let node = n.get(&nm).await.ok()?;
+                (node.labels().get("pool").map(String::as_str) == Some("b")
+                    && !node.labels().contains_key("gone")
+                    && !node.annotations().contains_key("note"))
+                .then_some(node)
+            }
+        })
+        .await;
+        assert_eq!(node.labels().get("foreign").map(String::as_str), Some("f"));
+        assert_eq!(
+            taint_set(&node),
+            BTreeSet::from([
+                "foreign=:NoSchedule".to_owned(),
+                "dedicated=web:NoSchedule".to_owned()
+            ])
+        );
+
+        // The class drops its virtual capacity: removed from the Node.
+        let classes = dyn_api(&client, &ns, "MachineClass");
+        classes
+            .patch(
+                &class,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"nodeTemplate": {"virtualCapacity": null}})),
+            )
+            .await
+            .expect("drop virtualCapacity");
+        let n = nodes.clone();
+        let nm = name.clone();
+        eventually("virtual capacity removed", Duration::from_secs(30), || {
+            let (n, nm) = (n.clone(), nm.clone());
+            async move {
+                let node = n.get(&nm).await.ok()?;
+                let cap = node.status.as_ref()?.capacity.clone().unwrap_or_default();
+                (!cap.contains_key("example.com/virtual")).then_some(())
+            }
+        })
+        .await;
+        stack
+    })
+    .await;
+}
+
+/// n) A user deletes a Node (`kubectl delete node`): the finalizer holds it, the controller
+/// deletes its Machine, the delete flow removes device, finalizer and Node, and MCM's
+/// MachineSet replaces the Machine with a new one on a new device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn n_a_deleted_node_replaces_its_machine() {
+    let opts = Opts {
+        with_mcm: true,
+        provision_seconds: 1.0,
+        ..Opts::default()
+    };
+    with_temp_ns("n", opts, |stack| async move {
+        let client = stack.client.clone();
+        let ns = stack.ns.clone();
+        apply_class_and_secret(&client, &ns).await;
+        let md_name = format!("{ns}-md");
+        apply_sample(&client, &ns, "machine-deployment.yaml", |md| {
+            md["metadata"]["name"] = json!(md_name);
+            md["spec"]["replicas"] = json!(1);
+            md["spec"]["selector"]["matchLabels"]["name"] = json!(md_name);
+            md["spec"]["template"]["metadata"]["labels"]["name"] = json!(md_name);
+        })
+        .await;
+        let s = &stack;
+        let running = || async move {
+            let ms = s.machines().list(&Default::default()).await.ok()?.items;
+            let live: Vec<Machine> = ms
+                .into_iter()
+                .filter(|m| m.metadata.deletion_timestamp.is_none())
+                .collect();
+            (live.len() == 1 && live[0].phase() == "Running").then(|| live[0].clone())
+        };
+        let first = eventually("one Running Machine", Duration::from_secs(90), running).await;
+        let node_name = first.node_name().expect("node label").to_owned();
+        let nodes: Api<Node> = Api::all(client.clone());
+        let n = nodes.clone();
+        let nn = node_name.clone();
+        eventually("Node finalizer", Duration::from_secs(30), || {
+            let (n, nn) = (n.clone(), nn.clone());
+            async move {
+                n.get(&nn)
+                    .await
+                    .ok()?
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == NODE_FINALIZER)
+                    .then_some(())
+            }
+        })
+        .await;
+        let old_device = uuid_of(first.provider_id().expect("providerID"));
+
+        let t = Instant::now();
+        nodes
+            .delete(&node_name, &DeleteParams::default())
+            .await
+            .expect("user deletes the Node");
+        let machines = stack.machines();
+        let old = first.name_any();
+        eventually("old Machine gone", Duration::from_secs(60), || {
+            let (machines, old) = (machines.clone(), old.clone());
+            async move { machines.get_opt(&old).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+        let n = nodes.clone();
+        let nn = node_name.clone();
+        eventually("old Node gone", Duration::from_secs(30), || {
+            let (n, nn) = (n.clone(), nn.clone());
+            async move { n.get_opt(&nn).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+        let replacement = eventually(
+            "a replacement Machine Running",
+            Duration::from_secs(90),
+            running,
+        )
+        .await;
+        assert_ne!(replacement.name_any(), old);
+        let devices = stack.devices().await;
+        assert!(
+            !devices.contains_key(&old_device),
+            "the old device is deleted"
+        );
+        assert_bijection(&stack, 1).await;
+        eprintln!(
+            "n: Machine replaced {:.1}s after its Node was deleted",
+            t.elapsed().as_secs_f64()
+        );
         stack
     })
     .await;
