@@ -21,7 +21,7 @@
 #    (KUBERNETES_SERVICE_HOST/PORT). Without root or unshare the test stops: it verifies the
 #    image, not the binary.
 # 5. /healthz and /readyz answer 200; /metrics carries the controller's and the driver's
-#    families; the controller holds Lease machine-controller (so inClusterConfig and the RBAC
+#    series; the controller holds Lease machine-controller (so inClusterConfig and the RBAC
 #    of rbac.yaml work); every log line is Gardener-shaped JSON; SIGTERM exits 0.
 set -euo pipefail
 
@@ -115,8 +115,11 @@ PYEOF
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
   "$KUBECTL" create --dry-run=client -o json -f "$ROOT/kubernetes/deployment.yaml" | python3 -c '
 import json, sys
-doc = json.load(sys.stdin)
-for it in doc.get("items", [doc]):
+text, docs, at = sys.stdin.read(), [], 0
+while text[at:].strip():
+    doc, at = json.JSONDecoder().raw_decode(text, len(text) - len(text[at:].lstrip()))
+    docs.extend(doc.get("items", [doc]))
+for it in docs:
     if it.get("kind") != "Deployment":
         continue
     for c in it["spec"]["template"]["spec"]["containers"]:
@@ -195,12 +198,13 @@ for _ in $(seq 1 150); do
 done
 [[ -n "$holder" ]] || die "no Lease machine-controller: the in-cluster credentials or RBAC do not work"
 metrics="$(curl -fsS --max-time 5 "$URL/metrics")"
-for family in metal_driver_controller_leader mcm_cloud_api_requests_total grpc_server_handled_total; do
-  grep -q "^# TYPE $family" <<<"$metrics" || grep -q "^# TYPE ${family%_total} " <<<"$metrics" \
-    || die "/metrics lacks $family"
-done
+# The controller's series and the in-process driver's (its gRPC server counted the
+# controller's Probe) on the one port. (The mcm_cloud_api_* series appear with the first
+# Metal API call, which this test, without Machines, does not make.)
 grep -q '^metal_driver_controller_leader 1' <<<"$metrics" || die "/metrics: not the leader"
-log "/readyz 200; Lease machine-controller held by $holder; /metrics has the controller's and the driver's families"
+grep -q '^grpc_server_handled_total{grpc_service="cmi.v1.Identity",grpc_method="Probe",grpc_code="OK"} ' <<<"$metrics" \
+  || die "/metrics lacks the in-process driver's series"
+log "/readyz 200; Lease machine-controller held by $holder; /metrics has the controller's and the driver's series"
 
 kill -TERM "$PID"
 for _ in $(seq 1 300); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done

@@ -47,5 +47,6 @@ hack/manifests-check.sh
 step "README blocks"
 METAL_DRIVER_STATE=/tmp/metal-driver-e2e-readme hack/readme-blocks.sh run quick-start local-cluster
 
-# Not here: `make image-test` (static musl release build + Probe from the image rootfs). Its
-# release/LTO rebuild of this crate takes minutes after any source change.
+# Not here: `make image` / `make image-test` (static musl release build, OCI image, its
+# entrypoint run from the unpacked image against the harness). The release/LTO rebuild of
+# this crate takes minutes after any source change.
