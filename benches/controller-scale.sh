@@ -29,6 +29,9 @@ PROVISION_SECONDS="${PROVISION_SECONDS:-1}"
 SCALE_TIMEOUT="${SCALE_TIMEOUT:-900}"
 IDLE_SECONDS="${IDLE_SECONDS:-20}"
 SETTLE_SECONDS="${SETTLE_SECONDS:-30}"
+# Client rate limits of every machine controller here: what Gardener's sidecar helper passes
+# (MCM's own defaults, 20/30, starve a 500-Machine scale-up).
+read -r -a KUBE_API_ARGS <<<"${KUBE_API_ARGS:---kube-api-qps=100 --kube-api-burst=200}"
 FOOTPRINT="${FOOTPRINT:-}"
 BIN="${METAL_DRIVER_BIN:-$ROOT/target/release/metal-driver}"
 OUT="${BENCH_OUT:-$ROOT/target/bench}"
@@ -86,7 +89,7 @@ SIM_URL="$LAST_URL"
 start serve serve --endpoint tcp://127.0.0.1:0 --metal-api-url "$SIM_URL" --http-addr 127.0.0.1:0
 SERVE_PID="$LAST_PID" CMI="$LAST_URL"
 "$BIN" controller --control-kubeconfig "$KUBECONFIG" --target-kubeconfig "$KUBECONFIG" --namespace "$NS" \
-  --cmi-endpoint "$CMI" --address 127.0.0.1 --port 0 >"$LOGS/controller.out" 2>"$LOGS/controller.log" &
+  --cmi-endpoint "$CMI" --address 127.0.0.1 --port 0 "${KUBE_API_ARGS[@]}" >"$LOGS/controller.out" 2>"$LOGS/controller.log" &
 CTRL_PID=$!
 PIDS+=("$CTRL_PID")
 sleep 2
@@ -209,7 +212,7 @@ for alt in $FOOTPRINT; do
       ORACLE_BIN="$("$ROOT/hack/kube-bins.sh" --quiet mcm-oracle | sed -n 's/^mcm-oracle=//p')"
       ORACLE_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
       "$ORACLE_BIN" --control-kubeconfig "$KUBECONFIG" --target-kubeconfig "$KUBECONFIG" --namespace "$NS" \
-        --cmi-endpoint "$CMI" --leader-elect=false --address 127.0.0.1 --port "$ORACLE_PORT" --v=2 \
+        --cmi-endpoint "$CMI" --leader-elect=false --address 127.0.0.1 --port "$ORACLE_PORT" --v=2 "${KUBE_API_ARGS[@]}" \
         >"$LOGS/mcm-oracle.log" 2>&1 &
       pid=$!
       PIDS+=("$pid")
@@ -229,7 +232,7 @@ for alt in $FOOTPRINT; do
       fi
       # Gardener's sidecar args (its helper passes nothing else), plus where the Metal API is.
       METAL_API_URL="$SIM_URL" "$BIN" --control-kubeconfig "$KUBECONFIG" --target-kubeconfig "$KUBECONFIG" \
-        --namespace "$NS" --address 127.0.0.1 --port 0 --kube-api-qps=100 --kube-api-burst=200 \
+        --namespace "$NS" --address 127.0.0.1 --port 0 "${KUBE_API_ARGS[@]}" \
         --machine-creation-timeout=20m --machine-drain-timeout=2h --machine-health-timeout=10m \
         --machine-safety-apiserver-statuscheck-timeout=30s --machine-safety-apiserver-statuscheck-period=1m \
         --machine-safety-orphan-vms-period=30m --v=3 >"$LOGS/sidecar.out" 2>"$LOGS/sidecar.log" &
