@@ -5,6 +5,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use kube::Client;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cmi::{client::CmiClient, v1::plugin_capability::rpc::Type as RpcType},
@@ -27,8 +28,16 @@ pub struct Config {
     pub creation_timeout: Duration,
     /// Unknown longer than this → Failed.
     pub health_timeout: Duration,
-    /// Accepted for MCM compatibility; drain is cordon-only, so nothing waits on it.
+    /// How long a drain may take before it turns forceful, counted from the Machine's
+    /// deletion timestamp (`--machine-drain-timeout`, `spec.drainTimeout`).
     pub drain_timeout: Duration,
+    /// Evictions refused by a PodDisruptionBudget are retried this often at most
+    /// (`--machine-max-evict-retries`, `spec.maxEvictRetries`).
+    pub max_evict_retries: i32,
+    /// How long a drain waits for a pod's volumes to detach (plus the pod's grace period).
+    pub pv_detach_timeout: Duration,
+    /// How long a drain waits for a pod's volumes to attach to another Node.
+    pub pv_reattach_timeout: Duration,
     /// How often orphan collection runs.
     pub orphan_period: Duration,
     /// MCM's retry periods.
@@ -70,6 +79,9 @@ pub struct Context {
     pub config: Config,
     /// Metric families.
     pub metrics: Metrics,
+    /// Cancelled when the controller stops: long waits inside a reconcile (a drain) give
+    /// up on it, so shutdown never waits for a PodDisruptionBudget.
+    pub stop: CancellationToken,
 }
 
 impl Context {

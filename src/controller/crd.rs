@@ -61,6 +61,9 @@ pub struct MachineSpec {
     /// Per-machine override of `--machine-drain-timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<String>,
+    /// Per-machine override of `--machine-max-evict-retries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_evict_retries: Option<i32>,
     /// Never move this machine from Unknown to Failed on the health timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disable_health_timeout: Option<bool>,

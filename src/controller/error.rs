@@ -82,6 +82,16 @@ pub enum Error {
         field: &'static str,
     },
 
+    /// A step of the delete flow failed; its `lastOperation` is recorded, and it is retried
+    /// after MCM's period for that failure.
+    #[error("delete flow: {description}")]
+    DeleteStep {
+        /// The `lastOperation.description` written.
+        description: String,
+        /// When to retry.
+        retry_after: Duration,
+    },
+
     /// The kube-runtime finalizer helper failed (adding/removing the finalizer, or our
     /// Apply/Cleanup inside it).
     #[error("{0}")]
@@ -155,6 +165,7 @@ impl Error {
             | Self::MissingUserData { .. }
             | Self::BootstrapToken { .. } => periods.short,
             Self::IncompleteResponse { .. } => periods.medium,
+            Self::DeleteStep { retry_after, .. } => *retry_after,
             Self::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
                     e.retry_after(periods)
@@ -186,6 +197,7 @@ impl Error {
             Self::MissingUserData { .. } => "missing_user_data".into(),
             Self::BootstrapToken { .. } => "bootstrap_token".into(),
             Self::IncompleteResponse { .. } => "incomplete_response".into(),
+            Self::DeleteStep { .. } => "delete_step".into(),
             Self::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
                     e.metric_label()

@@ -108,17 +108,26 @@ pub fn context(client: Client) -> Arc<Context> {
         target: Some(client),
         cmi: CmiClient::from_channel(channel, Duration::from_secs(1)),
         capabilities: Capabilities::default(),
-        config: Config {
-            namespace: "ns".into(),
-            creation_timeout: Duration::from_secs(1200),
-            health_timeout: Duration::from_secs(600),
-            drain_timeout: Duration::from_secs(7200),
-            orphan_period: Duration::from_secs(900),
-            retry: RetryPeriods::default(),
-            health_recheck: Duration::from_secs(60),
-            node_conditions: super::context::DEFAULT_NODE_CONDITIONS.into(),
-            bootstrap_token_auth_extra_groups: String::new(),
-        },
+        config: config(),
         metrics: Metrics::new(),
+        stop: Default::default(),
     })
+}
+
+/// Default tunables (MCM's defaults) in namespace `ns`.
+pub fn config() -> Config {
+    Config {
+        namespace: "ns".into(),
+        creation_timeout: Duration::from_secs(1200),
+        health_timeout: Duration::from_secs(600),
+        drain_timeout: Duration::from_secs(7200),
+        max_evict_retries: 360,
+        pv_detach_timeout: Duration::from_secs(120),
+        pv_reattach_timeout: Duration::from_secs(90),
+        orphan_period: Duration::from_secs(900),
+        retry: RetryPeriods::default(),
+        health_recheck: Duration::from_secs(60),
+        node_conditions: super::context::DEFAULT_NODE_CONDITIONS.into(),
+        bootstrap_token_auth_extra_groups: String::new(),
+    }
 }

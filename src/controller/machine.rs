@@ -1,8 +1,7 @@
 //! The Machine reconciler, under the finalizer `machine.sapcloud.io/machine-controller-manager`
-//! (kube-runtime's [`finalizer`] helper): `Apply` runs the create flow and the health check,
-//! `Cleanup` runs the delete flow. With a target cluster, `Apply` first brings the Machine's
-//! Node in line ([`super::node_sync`]: finalizer, nodeTemplate, machine-name label; a Node
-//! being deleted deletes its Machine).
+//! (kube-runtime's [`finalizer`] helper adds it): `Apply` runs the create flow and the health
+//! check; a Machine being deleted goes to the delete flow ([`super::delete_flow`]), which
+//! removes the finalizer itself as its last step.
 //!
 //! # Create flow (MCM's `triggerCreationFlow`)
 //! Runs while `spec.providerID` is empty or the phase is `""`/`CrashLoopBackOff`:
@@ -23,12 +22,8 @@
 //! creation timeout), and requeues per [`super::status::RetryPeriods`]. Unlike MCM, a Failed
 //! machine without a device is not created again: MCM's MachineSet controller replaces it.
 //!
-//! # Delete flow (MCM's `triggerDeletionFlow`, minimal drain)
-//! Phase `Terminating` + lastOperation `Delete/Processing` → cordon the Node (no eviction:
-//! `--machine-drain-timeout` is accepted but nothing waits on it) → DeleteMachine (OK and
-//! NotFound both mean done) → remove the Node finalizer (ours or an older sidecar's) and delete
-//! the Node → the helper removes the finalizer. Every step
-//! is idempotent, so a crash anywhere repeats at most a no-op.
+//! # Delete flow
+//! MCM's step machine with a real drain: see [`super::delete_flow`].
 //!
 //! # Guarantees
 //! - Reconciles of one Machine never overlap (kube-runtime), so create and delete cannot race.
@@ -50,18 +45,16 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::cmi::v1::{
-    CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest,
-    plugin_capability::rpc::Type as RpcType,
+    CreateMachineRequest, GetMachineStatusRequest, plugin_capability::rpc::Type as RpcType,
 };
 
 use super::{
     bootstrap_token,
     context::Context,
     crd::{DEFAULT_PRIORITY, Machine, MachineClass, NODE_LABEL, PRIORITY_ANNOTATION},
+    delete_flow,
     error::{Error, Result, is_not_found},
-    health, machine_metrics, node_finalizer, node_sync,
-    secrets::{self, SecretData},
-    similar,
+    health, machine_metrics, node_sync, secrets, similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 
@@ -92,11 +85,19 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Machine>>, ctx: Arc<Context>)
             return Ok(Action::await_change());
         }
     };
+    if machine.metadata.deletion_timestamp.is_some() {
+        let result = delete_flow::run(&machine, &ctx).await;
+        ctx.metrics
+            .controller
+            .reconciled("machine", started.elapsed());
+        return result;
+    }
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let result = finalizer(&api, MACHINE_FINALIZER, Arc::new(machine), |event| async {
         match event {
             Event::Apply(m) => apply(&m, &ctx).await,
-            Event::Cleanup(m) => cleanup(&m, &ctx).await,
+            // Not reached: deleting Machines go to the delete flow above.
+            Event::Cleanup(m) => delete_flow::run(&m, &ctx).await,
         }
     })
     .await;
@@ -133,7 +134,7 @@ pub fn error_policy(
 }
 
 /// The class named by `spec.class`, validated as MCM's `ValidateMachineClass` does.
-async fn class_of(m: &Machine, ctx: &Context) -> Result<MachineClass> {
+pub(super) async fn class_of(m: &Machine, ctx: &Context) -> Result<MachineClass> {
     let class = &m.spec.class;
     if class.kind != "MachineClass" || class.name.is_empty() {
         return Err(Error::InvalidClassRef {
@@ -475,160 +476,6 @@ async fn persist_identity(
     Ok(())
 }
 
-/// `Cleanup`: the delete flow. Returning `Ok` lets the helper remove the finalizer; any
-/// error keeps it and retries per the table.
-async fn cleanup(m: &Machine, ctx: &Context) -> Result<Action> {
-    let name = m.name_any();
-    let class = match class_of(m, ctx).await {
-        Ok(class) => class,
-        // Without a class nothing can have been created: create waits for the class and its
-        // finalizer, and the finalizer keeps the class while this Machine exists. With a
-        // providerID, keep retrying: the device exists and only the class has its credentials.
-        Err(e @ (Error::InvalidClassRef { .. } | Error::ClassNotFound { .. }))
-            if m.provider_id().is_none() =>
-        {
-            tracing::warn!(machine = %name, error = %e, "no MachineClass and no device; releasing the Machine");
-            return Ok(Action::await_change());
-        }
-        Err(e) => return Err(e),
-    };
-    if m.phase() != phase::TERMINATING {
-        let now = Timestamp::now();
-        let update = StatusUpdate {
-            current: Some(status::current(phase::TERMINATING, false, now)),
-            last_operation: Some(last_op(
-                op::DELETE,
-                state::PROCESSING,
-                "Set machine status to termination. Now, getting VM Status",
-                None,
-                now,
-            )),
-            ..Default::default()
-        };
-        patch_status(m, ctx, &update).await?;
-    }
-    let merged = secrets::load(&ctx.client, &ctx.config.namespace, &class).await?;
-    let provider_spec = serde_json::to_vec(&class.provider_spec).unwrap_or_default();
-
-    let node_name = match m.node_name() {
-        Some(n) => Some(n.to_owned()),
-        None if ctx.has_target() => node_name_from_driver(m, ctx, &provider_spec, &merged).await,
-        None => None,
-    };
-    if let (Some(target), Some(node)) = (&ctx.target, &node_name) {
-        cordon(target, node).await?;
-    }
-
-    let request = DeleteMachineRequest {
-        machine_name: name.clone(),
-        provider_spec,
-        secrets: merged.to_cmi(),
-        provider_id: m.provider_id().unwrap_or_default().to_owned(),
-        last_known_state: m.last_known_state().as_bytes().to_vec(),
-    };
-    match ctx
-        .cmi
-        .machine
-        .clone()
-        .delete_machine(ctx.cmi.request(request))
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(machine = %name, "machine deleted on cloud provider");
-            machine_metrics::record_deleted(&ctx.metrics.mcm, m, &class, Timestamp::now());
-        }
-        Err(s) if s.code() == Code::NotFound => {
-            tracing::info!(machine = %name, "no device to delete")
-        }
-        Err(s) => {
-            let how = if status::is_transient(s.code()) {
-                "will re-try"
-            } else {
-                "Aborting operation"
-            };
-            let now = Timestamp::now();
-            let update = StatusUpdate {
-                last_operation: Some(last_op(
-                    op::DELETE,
-                    state::FAILED,
-                    format!(
-                        "Error while deleting machine: Cloud provider message - {}. {how}",
-                        status::machine_codes_error(s.code(), s.message())
-                    ),
-                    Some(s.code()),
-                    now,
-                )),
-                ..Default::default()
-            };
-            patch_status(m, ctx, &update).await?;
-            return Err(Error::cmi("DeleteMachine", &s));
-        }
-    }
-
-    if let (Some(target), Some(node)) = (&ctx.target, &node_name) {
-        node_finalizer::remove(target, node).await?;
-        let nodes: Api<Node> = Api::all(target.clone());
-        match nodes.delete(node, &Default::default()).await {
-            Ok(_) => tracing::info!(machine = %name, node = %node, "node object deleted"),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => {
-                return Err(Error::Kube {
-                    action: "delete Node",
-                    source: e,
-                });
-            }
-        }
-    }
-    Ok(Action::await_change())
-}
-
-/// MCM asks the driver for the node name when the `node` label is missing.
-async fn node_name_from_driver(
-    m: &Machine,
-    ctx: &Context,
-    provider_spec: &[u8],
-    merged: &SecretData,
-) -> Option<String> {
-    if !ctx.capabilities.has(RpcType::GetMachineStatus) {
-        return None;
-    }
-    let request = GetMachineStatusRequest {
-        machine_name: m.name_any(),
-        provider_spec: provider_spec.to_vec(),
-        secrets: merged.to_cmi(),
-        provider_id: m.provider_id().unwrap_or_default().to_owned(),
-    };
-    let resp = ctx
-        .cmi
-        .machine
-        .clone()
-        .get_machine_status(ctx.cmi.request(request))
-        .await
-        .ok()?;
-    Some(resp.into_inner().node_name).filter(|n| !n.is_empty())
-}
-
-/// The minimal drain: mark the Node unschedulable so nothing new lands on it while the device
-/// goes away. Pods are not evicted.
-async fn cordon(target: &kube::Client, node: &str) -> Result<()> {
-    let nodes: Api<Node> = Api::all(target.clone());
-    match nodes
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::Kube {
-            action: "cordon Node",
-            source: e,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,8 +540,8 @@ mod tests {
         let (client, mock) = mock_client(vec![
             Call::new("GET", format!("{CLASSES}/c"), 404, not_found()),
             Call::new("PATCH", format!("{MACHINES}/m?"), 200, machine(json!({}))).body(|b| {
-                let ops = b.as_array().expect("JSON patch");
-                assert!(ops.iter().any(|op| op["op"] == "remove"), "{b}");
+                assert_eq!(b["metadata"]["finalizers"], json!([]), "{b}");
+                assert_eq!(b["metadata"]["resourceVersion"], "1", "{b}");
             }),
         ]);
         let m = machine(

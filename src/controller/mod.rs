@@ -15,6 +15,8 @@
 pub mod bootstrap_token;
 pub mod context;
 pub mod crd;
+pub mod delete_flow;
+pub mod drain;
 pub mod duration;
 pub mod error;
 #[cfg(test)]
@@ -125,10 +127,26 @@ pub struct ControllerArgs {
     #[arg(long, env = "MACHINE_HEALTH_TIMEOUT", default_value = "10m", value_parser = go_duration)]
     pub machine_health_timeout: Duration,
 
-    /// Accepted for compatibility with MCM. Drain is minimal here: the Node is cordoned
-    /// before the device is deleted, pods are not evicted, so nothing waits on this.
+    /// A deleted machine's Node is drained (pods evicted, PodDisruptionBudgets respected)
+    /// for at most this long, counted from the deletion; after it the drain is forceful.
+    /// `spec.drainTimeout` overrides it per machine.
     #[arg(long, env = "MACHINE_DRAIN_TIMEOUT", default_value = "2h", value_parser = go_duration)]
     pub machine_drain_timeout: Duration,
+
+    /// Evictions a PodDisruptionBudget refuses are retried every 20 s, at most this many
+    /// times (and at most drain timeout / 20 s); then the pod is deleted. MCM's default.
+    #[arg(long, env = "MACHINE_MAX_EVICT_RETRIES", default_value_t = 360, value_parser = clap::value_parser!(i32).range(0..))]
+    pub machine_max_evict_retries: i32,
+
+    /// How long a drain waits for an evicted pod's volumes to detach from the Node (on top
+    /// of the pod's termination grace period).
+    #[arg(long, env = "MACHINE_PV_DETACH_TIMEOUT", default_value = "2m", value_parser = go_duration)]
+    pub machine_pv_detach_timeout: Duration,
+
+    /// How long a drain waits for an evicted pod's volumes to attach to another Node
+    /// before it moves on anyway.
+    #[arg(long, env = "MACHINE_PV_REATTACH_TIMEOUT", default_value = "90s", value_parser = go_duration)]
+    pub machine_pv_reattach_timeout: Duration,
 
     /// How often devices that no Machine accounts for are looked for and deleted.
     #[arg(long, env = "MACHINE_SAFETY_ORPHAN_VMS_PERIOD", default_value = "15m", value_parser = go_duration)]
@@ -232,6 +250,22 @@ pub struct GardenerCompatArgs {
 /// Builds a client from a kubeconfig flag value (path, `inClusterConfig`, or empty), with
 /// its own token bucket of `rate` ([`rate_limit`]).
 pub async fn kube_client(flag: &str, rate: rate_limit::Rate) -> Result<Client> {
+    kube_client_with(flag, rate, true).await
+}
+
+/// The target cluster's client: like [`kube_client`], but without kube's built-in retry of
+/// 429/503/504. An eviction refused by a PodDisruptionBudget answers 429, and the drain must
+/// see that at once to retry on MCM's schedule (every 20 s, counted) instead of the client
+/// retrying for minutes inside one call.
+pub async fn target_client(flag: &str, rate: rate_limit::Rate) -> Result<Client> {
+    kube_client_with(flag, rate, false).await
+}
+
+async fn kube_client_with(
+    flag: &str,
+    rate: rate_limit::Rate,
+    default_retry: bool,
+) -> Result<Client> {
     let fail = |reason: String| Error::Kubeconfig {
         path: flag.to_owned(),
         reason,
@@ -246,6 +280,8 @@ pub async fn kube_client(flag: &str, rate: rate_limit::Rate) -> Result<Client> {
                 .map_err(|e| fail(e.to_string()))?
         }
     };
+    let mut config = config;
+    config.default_retry = default_retry;
     let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| fail(e.to_string()))?;
     Ok(builder
         .with_layer(&rate_limit::RateLimitLayer::new(rate))
@@ -383,8 +419,9 @@ async fn run_with(
     let client = kube_client(&args.control_kubeconfig, rate).await?;
     let target = match args.target_kubeconfig.as_str() {
         NO_TARGET => None,
-        "" => Some(client.clone()),
-        flag => Some(kube_client(flag, rate).await?),
+        // Its own client even when it is the control cluster: see [`target_client`].
+        "" => Some(target_client(&args.control_kubeconfig, rate).await?),
+        flag => Some(target_client(flag, rate).await?),
     };
     let Some((cmi, capabilities)) = connect_driver(&args, in_process, &shutdown).await? else {
         return Ok(());
@@ -440,6 +477,9 @@ async fn run_with(
             creation_timeout: args.machine_creation_timeout,
             health_timeout: args.machine_health_timeout,
             drain_timeout: args.machine_drain_timeout,
+            max_evict_retries: args.machine_max_evict_retries,
+            pv_detach_timeout: args.machine_pv_detach_timeout,
+            pv_reattach_timeout: args.machine_pv_reattach_timeout,
             orphan_period: args.machine_safety_orphan_vms_period,
             retry: RetryPeriods {
                 resource_exhausted: args.resource_exhausted_retry,
@@ -450,6 +490,7 @@ async fn run_with(
             bootstrap_token_auth_extra_groups: args.bootstrap_token_auth_extra_groups.clone(),
         },
         metrics: metrics.clone(),
+        stop: stop.clone(),
     });
 
     let machines: Api<DeserializeGuard<Machine>> = Api::namespaced(client.clone(), &ns);
