@@ -12,7 +12,7 @@ use crate::{
     telemetry::Metrics,
 };
 
-use super::status::RetryPeriods;
+use super::{freeze::Freeze, permit::Permits, status::RetryPeriods};
 
 /// Node condition types that make a Node unhealthy unless `False`: MCM's `--node-conditions`
 /// default, comma-separated and case-sensitive as MCM reads it.
@@ -82,6 +82,20 @@ pub struct Context {
     /// Cancelled when the controller stops: long waits inside a reconcile (a drain) give
     /// up on it, so shutdown never waits for a PodDisruptionBudget.
     pub stop: CancellationToken,
+    /// Run-time state of the safety mechanisms (freeze, meltdown permits, orphan trigger).
+    pub safety: Safety,
+}
+
+/// What the safety mechanisms share with the reconcilers.
+#[derive(Default)]
+pub struct Safety {
+    /// Set while the API servers are unreachable past the status-check timeout.
+    pub freeze: Freeze,
+    /// One lock per MachineDeployment for Unknown → Failed decisions.
+    pub permits: Permits,
+    /// Asks the orphan collector for a pass now (a Machine was deleted, or a lastOperation
+    /// reported more than one device for a Machine).
+    pub collect_orphans: tokio::sync::Notify,
 }
 
 impl Context {

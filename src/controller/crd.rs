@@ -141,6 +141,11 @@ pub struct CurrentStatus {
     /// When the phase last changed; the health timeout counts from here.
     #[serde(default)]
     pub last_update_time: Option<Time>,
+    /// Set by MCM's machine preservation; a preserved Failed machine is not being replaced,
+    /// so the meltdown permit does not count it. Never written here (merge patches of
+    /// `currentStatus` leave it as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_expiry_time: Option<Time>,
 }
 
 /// A `MachineClass`. MCM's class has its fields at the top level (no `spec`), which

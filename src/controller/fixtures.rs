@@ -111,6 +111,7 @@ pub fn context(client: Client) -> Arc<Context> {
         config: config(),
         metrics: Metrics::new(),
         stop: Default::default(),
+        safety: Default::default(),
     })
 }
 

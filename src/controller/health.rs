@@ -300,6 +300,7 @@ mod tests {
                 phase: ph.into(),
                 timeout_active: true,
                 last_update_time: Some(Time(ts(updated))),
+                ..Default::default()
             }),
             ..Default::default()
         });

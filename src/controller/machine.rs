@@ -54,7 +54,7 @@ use super::{
     crd::{DEFAULT_PRIORITY, Machine, MachineClass, NODE_LABEL, PRIORITY_ANNOTATION},
     delete_flow,
     error::{Error, Result, is_not_found},
-    health, machine_metrics, node_sync, secrets, similar,
+    health, machine_metrics, node_sync, orphans, permit, secrets, similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 
@@ -169,7 +169,26 @@ async fn patch_status(m: &Machine, ctx: &Context, update: &StatusUpdate) -> Resu
     )
     .await
     .map_err(Error::kube("patch Machine status"))?;
+    if newly_out_of_range(m, update) {
+        tracing::warn!(machine = %m.name_any(), "several devices back this Machine; triggering orphan collection");
+        ctx.safety.collect_orphans.notify_one();
+    }
     Ok(())
+}
+
+/// Whether `update` writes a lastOperation reporting `OutOfRange` (several devices for one
+/// Machine) that the Machine did not report yet: MCM runs orphan collection then.
+fn newly_out_of_range(m: &Machine, update: &StatusUpdate) -> bool {
+    let had = m
+        .status
+        .as_ref()
+        .and_then(|s| s.last_operation.as_ref())
+        .is_some_and(|l| l.description.contains(orphans::OUT_OF_RANGE));
+    let has = update
+        .last_operation
+        .as_ref()
+        .is_some_and(|l| l.description.contains(orphans::OUT_OF_RANGE));
+    has && !had
 }
 
 /// The machine's Node in the target cluster, `None` when it does not exist.
@@ -183,6 +202,12 @@ async fn node_of(ctx: &Context, m: &Machine) -> Result<Option<Node>> {
 
 /// `Apply`: health for machines with a Node, then the create flow where needed.
 async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
+    if ctx.safety.freeze.is_frozen() {
+        // Stale Nodes must not decide health, and nothing is created while frozen; the thaw
+        // reconciles every Machine again.
+        tracing::debug!(machine = %m.name_any(), "machine controller frozen; skipped");
+        return Ok(Action::requeue(ctx.config.retry.long));
+    }
     let class = class_of(m, ctx).await?;
     if !class.finalizers().iter().any(|f| f == MACHINE_FINALIZER) {
         // MCM waits for the class finalizer so a class cannot vanish under a new device. The
@@ -201,6 +226,22 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
         }
         let now = Timestamp::now();
         let outcome = health::evaluate(m, node.as_ref(), &ctx.config, now);
+        let to_failed = outcome
+            .update
+            .current
+            .as_ref()
+            .is_some_and(|c| c.phase == phase::FAILED);
+        if ph == phase::UNKNOWN && to_failed {
+            // Meltdown protection: one replacement per MachineDeployment at a time.
+            let marked =
+                permit::with_permit(ctx, m, || patch_status(m, ctx, &outcome.update)).await?;
+            if !marked {
+                return Ok(Action::requeue(ctx.config.retry.short));
+            }
+            tracing::info!(machine = %m.name_any(), from = ph, to = phase::FAILED, "machine phase changed");
+            machine_metrics::record_phase_change(&ctx.metrics.mcm, m, &class, phase::FAILED, now);
+            return Ok(Action::requeue(ctx.config.health_recheck));
+        }
         if let Some(cur) = &outcome.update.current {
             tracing::info!(machine = %m.name_any(), from = ph, to = %cur.phase, "machine phase changed");
             machine_metrics::record_phase_change(&ctx.metrics.mcm, m, &class, &cur.phase, now);
@@ -605,6 +646,61 @@ mod tests {
         let action = reconcile(guard(again), context(client)).await.unwrap();
         assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
         mock.await.unwrap();
+    }
+
+    /// Frozen: a live Machine gets neither a create nor a health decision — not even a read.
+    #[tokio::test]
+    async fn a_frozen_controller_leaves_live_machines_alone() {
+        let (client, mock) = mock_client(vec![]);
+        let ctx = context(client);
+        ctx.safety.freeze.set_for_test(true);
+        let m = machine(json!({"finalizers": [MACHINE_FINALIZER]}));
+        let action = reconcile(guard(m), ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(600)));
+        mock.await.unwrap();
+    }
+
+    /// Frozen, a Machine being deleted still goes through the delete flow (its first step
+    /// reads the class).
+    #[tokio::test]
+    async fn a_frozen_controller_still_deletes() {
+        let (client, mock) = mock_client(vec![
+            Call::new("GET", format!("{CLASSES}/c"), 404, not_found()),
+            Call::new("PATCH", format!("{MACHINES}/m?"), 200, machine(json!({}))),
+        ]);
+        let ctx = context(client);
+        ctx.safety.freeze.set_for_test(true);
+        let m = machine(
+            json!({"finalizers": [MACHINE_FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}),
+        );
+        reconcile(guard(m), ctx).await.unwrap();
+        mock.await.unwrap();
+    }
+
+    #[test]
+    fn out_of_range_triggers_only_when_it_first_appears() {
+        let lo = |d: &str| last_op(op::CREATE, state::FAILED, d, None, Timestamp::now());
+        let update = StatusUpdate {
+            last_operation: Some(lo(
+                "Cloud provider message - machine codes error: code = [OutOfRange] message = [2 devices]",
+            )),
+            ..Default::default()
+        };
+        let mut m: Machine = serde_json::from_value(machine(json!({}))).unwrap();
+        assert!(newly_out_of_range(&m, &update));
+        m.status = Some(crate::controller::crd::MachineStatus {
+            last_operation: update.last_operation.clone(),
+            ..Default::default()
+        });
+        assert!(!newly_out_of_range(&m, &update));
+        let other = StatusUpdate {
+            last_operation: Some(lo("Cloud provider message - Unavailable")),
+            ..Default::default()
+        };
+        assert!(!newly_out_of_range(
+            &Machine::new("x", Default::default()),
+            &other
+        ));
     }
 
     #[tokio::test]

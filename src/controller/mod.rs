@@ -21,6 +21,7 @@ pub mod duration;
 pub mod error;
 #[cfg(test)]
 pub mod fixtures;
+pub mod freeze;
 pub mod health;
 pub mod leader;
 pub mod machine;
@@ -30,7 +31,9 @@ pub mod node_finalizer;
 pub mod node_sync;
 pub mod node_template;
 pub mod orphans;
+pub mod permit;
 pub mod rate_limit;
+pub mod secret_finalizer;
 pub mod secrets;
 pub mod similar;
 pub mod status;
@@ -220,8 +223,9 @@ pub struct ControllerArgs {
 }
 
 /// MCM flags that Gardener's `ProviderSidecarContainer` passes to every provider sidecar,
-/// so the extension's webhook can inject this controller with the stock helper.
-#[derive(clap::Args, Debug, Clone, Default)]
+/// so the extension's webhook can inject this controller with the stock helper. The
+/// API-server status check drives the freeze (see [`freeze`]).
+#[derive(clap::Args, Debug, Clone)]
 pub struct GardenerCompatArgs {
     /// Requests per second each Kubernetes client may send (token-bucket refill rate, as
     /// client-go's). Default 20, MCM's.
@@ -233,13 +237,14 @@ pub struct GardenerCompatArgs {
     #[arg(long, env = "KUBE_API_BURST", value_parser = rate_limit::parse_burst)]
     pub kube_api_burst: Option<u32>,
 
-    /// Accepted for Gardener compatibility; not applied (no API-server freeze yet).
-    #[arg(long, hide_short_help = true)]
-    pub machine_safety_apiserver_statuscheck_timeout: Option<String>,
+    /// The control and target API servers unreachable this long → the controller freezes:
+    /// no creates and no health decisions until they answer again; deletions go on.
+    #[arg(long, env = "MACHINE_SAFETY_APISERVER_STATUSCHECK_TIMEOUT", default_value = "30s", value_parser = go_duration)]
+    pub machine_safety_apiserver_statuscheck_timeout: Duration,
 
-    /// Accepted for Gardener compatibility; not applied (no API-server freeze yet).
-    #[arg(long, hide_short_help = true)]
-    pub machine_safety_apiserver_statuscheck_period: Option<String>,
+    /// How often both API servers are checked (every fifth of the timeout while failing).
+    #[arg(long, env = "MACHINE_SAFETY_APISERVER_STATUSCHECK_PERIOD", default_value = "1m", value_parser = go_duration)]
+    pub machine_safety_apiserver_statuscheck_period: Duration,
 
     /// klog verbosity: 0-3 info, 4 debug, 5 and more trace (see `telemetry`);
     /// `--log-level` wins.
@@ -491,6 +496,7 @@ async fn run_with(
         },
         metrics: metrics.clone(),
         stop: stop.clone(),
+        safety: Default::default(),
     });
 
     let machines: Api<DeserializeGuard<Machine>> = Api::namespaced(client.clone(), &ns);
@@ -565,7 +571,12 @@ async fn run_with(
             },
         );
     }
+    // The freeze check asks for every Machine to be looked at again after a thaw.
+    let (reconcile_all, reconcile_all_rx) = tokio::sync::mpsc::unbounded_channel();
     let machine_task = machine_controller
+        .reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            reconcile_all_rx,
+        ))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(machine::reconcile, machine::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
@@ -585,9 +596,25 @@ async fn run_with(
         .for_each(|_| future::ready(()));
 
     let orphan_task = orphans::run(ctx.clone(), stop.clone());
+    let secret_task = secret_finalizer::run(ctx.clone(), class_store.clone(), stop.clone());
+    let freeze_task = freeze::run(
+        ctx.clone(),
+        args.gardener.machine_safety_apiserver_statuscheck_period,
+        args.gardener.machine_safety_apiserver_statuscheck_timeout,
+        reconcile_all,
+        stop.clone(),
+    );
 
     tracing::info!(namespace = %ns, target = ctx.has_target(), "machine controller running");
-    tokio::join!(machine_task, class_task, orphan_task, class_cache);
+    tokio::join!(
+        machine_task,
+        class_task,
+        orphan_task,
+        class_cache,
+        secret_task,
+        freeze_task
+    );
+    metrics.controller.set_frozen(false);
     metrics.controller.set_leader(false);
     metrics.mcm.detach();
     readiness.set(false);
@@ -642,6 +669,9 @@ mod args_tests {
         assert_eq!(cli.args.machine_drain_timeout.as_secs(), 2 * 3600);
         assert_eq!(cli.args.gardener.kube_api_qps, Some(100.0));
         assert_eq!(cli.args.gardener.kube_api_burst, Some(200));
+        let g = &cli.args.gardener;
+        assert_eq!(g.machine_safety_apiserver_statuscheck_timeout.as_secs(), 30);
+        assert_eq!(g.machine_safety_apiserver_statuscheck_period.as_secs(), 60);
     }
 
     /// A rate that cannot work is refused at start-up, naming the flag.
@@ -659,5 +689,27 @@ mod args_tests {
             let flag = bad.split('=').next().unwrap();
             assert!(err.contains(flag), "{bad}: {err}");
         }
+    }
+
+    /// Without the flags, MCM's defaults apply (30 s timeout, 1 min period); a bad duration
+    /// is refused naming the flag.
+    #[test]
+    fn statuscheck_defaults_are_mcms() {
+        let cli = Cli::try_parse_from(["controller", "--cmi-endpoint=unix:///s"]).unwrap();
+        let g = &cli.args.gardener;
+        assert_eq!(g.machine_safety_apiserver_statuscheck_timeout.as_secs(), 30);
+        assert_eq!(g.machine_safety_apiserver_statuscheck_period.as_secs(), 60);
+        let err = Cli::try_parse_from([
+            "controller",
+            "--cmi-endpoint=unix:///s",
+            "--machine-safety-apiserver-statuscheck-period=soon",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("--machine-safety-apiserver-statuscheck-period"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,14 @@
-//! Orphan-device collection (MCM's `machine_safety.go`): every
-//! `--machine-safety-orphan-vms-period`, for each MachineClass, ask the driver which devices
-//! carry the class's tags (ListMachines: providerID → machine name) and delete every device
-//! whose Machine is gone, or whose Machine points at a different device.
+//! Orphan-device collection (MCM's `machine_safety.go`): at start-up, every
+//! `--machine-safety-orphan-vms-period`, after a Machine was deleted, and when a
+//! lastOperation reports `OutOfRange` (more than one device for a Machine), for each
+//! MachineClass, ask the driver which devices carry the class's tags (ListMachines:
+//! providerID → machine name) and delete every device whose Machine is gone, or whose
+//! Machine points at a different device.
+//!
+//! The same pass marks the target cluster's Nodes that no Machine accounts for (no Machine
+//! with label `node=<name>`) and that are older than the creation timeout with the annotation
+//! `node.machine.sapcloud.io/not-managed-by-mcm=1` (Gardener's worker health check leaves
+//! them out), and takes it off again once a Machine claims the Node.
 //!
 //! Device identity is compared by UUID (`equinixmetal://<uuid>`, legacy
 //! `equinixmetal://<metro>/<uuid>`, `packet://<uuid>` and a bare UUID are the same device).
@@ -10,9 +17,17 @@
 //! asked first and the Machines listed second, so a device created after the Machines were
 //! read cannot be mistaken for an orphan. Errors are logged and the next period retries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
-use kube::{Api, ResourceExt, core::DeserializeGuard};
+use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -21,10 +36,17 @@ use crate::cmi::v1::{DeleteMachineRequest, ListMachinesRequest};
 use super::{
     context::Context,
     crd::{Machine, MachineClass},
-    error::{Error, Result},
+    error::{Error, Result, is_not_found},
     secrets,
-    status::phase,
+    status::{elapsed, phase},
 };
+
+/// MCM's annotation on Nodes without a Machine.
+pub const NOT_MANAGED_ANNOTATION: &str = "node.machine.sapcloud.io/not-managed-by-mcm";
+
+/// What a lastOperation description contains when the driver found several devices for one
+/// Machine (the gRPC code's name, as MCM matches it).
+pub const OUT_OF_RANGE: &str = "OutOfRange";
 
 /// What the collector knows about a Machine of the namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,13 +119,10 @@ pub fn find_orphans(
     out
 }
 
-/// Runs collection every `ctx.config.orphan_period` until `stop` is cancelled.
+/// Runs collection at once, then every `ctx.config.orphan_period` and whenever
+/// `ctx.safety.collect_orphans` is notified, until `stop` is cancelled.
 pub async fn run(ctx: std::sync::Arc<Context>, stop: CancellationToken) {
     loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(ctx.config.orphan_period) => {}
-        }
         let started = std::time::Instant::now();
         match collect_once(&ctx).await {
             Ok(deleted) => tracing::info!(deleted, "orphan collection done"),
@@ -114,10 +133,135 @@ pub async fn run(ctx: std::sync::Arc<Context>, stop: CancellationToken) {
                 tracing::warn!(%error, "orphan collection failed; retrying next period");
             }
         }
+        if let Err(error) = mark_unmanaged_nodes(&ctx).await {
+            ctx.metrics
+                .controller
+                .failed("orphans", error.metric_label());
+            tracing::warn!(%error, "marking Nodes without a Machine failed; retrying next period");
+        }
         ctx.metrics
             .controller
             .reconciled("orphans", started.elapsed());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(ctx.config.orphan_period) => {}
+            () = ctx.safety.collect_orphans.notified() => {
+                tracing::info!("orphan collection triggered");
+            }
+        }
     }
+}
+
+/// A change to a Node's not-managed annotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeMark {
+    /// Add `not-managed-by-mcm: "1"`.
+    Annotate(String),
+    /// Remove it.
+    Unannotate(String),
+}
+
+/// What the collector knows about a Node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The Node's name.
+    pub name: String,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<Timestamp>,
+    /// Whether it carries the not-managed annotation.
+    pub annotated: bool,
+}
+
+/// MCM's rule: a Node no Machine claims, older than the creation timeout, is annotated; a
+/// Node exactly one Machine claims loses the annotation; a Node several Machines claim is
+/// left alone (logged).
+pub fn node_marks(
+    nodes: &[NodeInfo],
+    claims: &HashMap<String, usize>,
+    now: Timestamp,
+    creation_timeout: Duration,
+) -> Vec<NodeMark> {
+    let mut out = Vec::new();
+    for n in nodes {
+        match claims.get(&n.name).copied().unwrap_or(0) {
+            0 => {
+                let old_enough = n
+                    .created
+                    .is_some_and(|c| elapsed(now, c) >= creation_timeout);
+                if old_enough && !n.annotated {
+                    out.push(NodeMark::Annotate(n.name.clone()));
+                }
+            }
+            1 if n.annotated => out.push(NodeMark::Unannotate(n.name.clone())),
+            1 => {}
+            several => {
+                tracing::warn!(node = %n.name, machines = several, "several Machines claim one Node")
+            }
+        }
+    }
+    out
+}
+
+/// Annotates (and un-annotates) the target cluster's Nodes as [`node_marks`] says.
+pub async fn mark_unmanaged_nodes(ctx: &Context) -> Result<usize> {
+    let Some(target) = &ctx.target else {
+        return Ok(0);
+    };
+    let nodes: Api<Node> = Api::all(target.clone());
+    let listed = nodes
+        .list_metadata(&Default::default())
+        .await
+        .map_err(Error::kube("list Nodes"))?;
+    let machines: Api<DeserializeGuard<Machine>> =
+        Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let mut claims: HashMap<String, usize> = HashMap::new();
+    for guard in machines
+        .list(&Default::default())
+        .await
+        .map_err(Error::kube("list Machines"))?
+    {
+        // An unreadable Machine may claim any Node: annotate nothing rather than wrongly.
+        let Ok(m) = guard.0 else { return Ok(0) };
+        if let Some(node) = m.node_name() {
+            *claims.entry(node.to_owned()).or_default() += 1;
+        }
+    }
+    let infos: Vec<NodeInfo> = listed
+        .items
+        .iter()
+        .map(|n| NodeInfo {
+            name: n.name_any(),
+            created: n.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            annotated: n.annotations().contains_key(NOT_MANAGED_ANNOTATION),
+        })
+        .collect();
+    let marks = node_marks(
+        &infos,
+        &claims,
+        Timestamp::now(),
+        ctx.config.creation_timeout,
+    );
+    let mut changed = 0;
+    for mark in &marks {
+        let (name, value) = match mark {
+            NodeMark::Annotate(n) => (n, serde_json::json!("1")),
+            NodeMark::Unannotate(n) => (n, serde_json::Value::Null),
+        };
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {NOT_MANAGED_ANNOTATION: value}}});
+        match nodes
+            .patch_metadata(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {
+                changed += 1;
+                tracing::info!(node = %name, annotated = matches!(mark, NodeMark::Annotate(_)), "Node not-managed-by-mcm annotation updated");
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(Error::kube("annotate Node")(e)),
+        }
+    }
+    Ok(changed)
 }
 
 /// One pass over every MachineClass; returns how many devices were deleted.
@@ -289,5 +433,40 @@ mod tests {
         let mut names = names;
         names.sort();
         assert_eq!(names, ["failed-no-id", "gone", "replaced"]);
+    }
+
+    fn node(name: &str, created: &str, annotated: bool) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            created: Some(created.parse().unwrap()),
+            annotated,
+        }
+    }
+
+    #[test]
+    fn nodes_without_a_machine_are_marked_once_old_enough() {
+        let now: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let timeout = Duration::from_secs(20 * 60);
+        let nodes = [
+            node("young-orphan", "2026-01-01T00:50:00Z", false),
+            node("old-orphan", "2026-01-01T00:00:00Z", false),
+            node("old-orphan-marked", "2026-01-01T00:00:00Z", true),
+            node("claimed", "2026-01-01T00:00:00Z", false),
+            node("claimed-marked", "2026-01-01T00:00:00Z", true),
+            node("twice", "2026-01-01T00:00:00Z", true),
+        ];
+        let claims: HashMap<String, usize> = [
+            ("claimed".to_owned(), 1),
+            ("claimed-marked".to_owned(), 1),
+            ("twice".to_owned(), 2),
+        ]
+        .into();
+        assert_eq!(
+            node_marks(&nodes, &claims, now, timeout),
+            vec![
+                NodeMark::Annotate("old-orphan".into()),
+                NodeMark::Unannotate("claimed-marked".into()),
+            ]
+        );
     }
 }

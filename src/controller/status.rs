@@ -208,6 +208,7 @@ pub fn current(phase: &str, timeout_active: bool, now: Timestamp) -> CurrentStat
         phase: phase.to_owned(),
         timeout_active,
         last_update_time: Some(Time(now)),
+        ..Default::default()
     }
 }
 
