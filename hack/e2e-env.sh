@@ -9,6 +9,9 @@
 #   hack/e2e-env.sh down     stop everything and delete the state dir
 #   hack/e2e-env.sh logs [NAME]  tail the logs (etcd, kube-apiserver, kube-controller-manager,
 #                                machine-controller-manager)
+#   hack/e2e-env.sh apiserver stop|start   stop the kube-apiserver alone (SIGTERM, etcd keeps
+#                                the data), or start it again with the same flags and port
+#                                (chaos tests: an unreachable API server)
 #
 # Typical use:   eval "$(hack/e2e-env.sh up)"; kubectl get crds; ...; hack/e2e-env.sh down
 #
@@ -377,6 +380,29 @@ start_core() {
   wait_ready kube-apiserver "https://127.0.0.1:$APISERVER_PORT/readyz" apiserver_ready
 }
 
+cmd_apiserver() { # cmd_apiserver stop|start
+  load_ports
+  local pid i
+  case "${1:-}" in
+    stop)
+      pid="$(pid_of kube-apiserver)"
+      [[ -n "$pid" ]] || { log "kube-apiserver is not running"; return 0; }
+      kill -TERM "$pid" 2>/dev/null || true
+      for i in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+      rm -f "$STATE/pids/kube-apiserver.pid"
+      log "stopped kube-apiserver (pid $pid)" ;;
+    start)
+      [[ -n "$(pid_of kube-apiserver)" ]] && { log "kube-apiserver already running"; return 0; }
+      [[ -f "$STATE/logs/kube-apiserver.cmdline" ]] || die "no recorded kube-apiserver command line"
+      local -a argv
+      eval "argv=($(cat "$STATE/logs/kube-apiserver.cmdline"))"
+      start_proc kube-apiserver "${argv[@]}"
+      wait_ready kube-apiserver "https://127.0.0.1:$APISERVER_PORT/readyz" apiserver_ready ;;
+    *) die "usage: hack/e2e-env.sh apiserver stop|start" ;;
+  esac
+}
+
 start_kcm() {
   [[ -n "$(pid_of kube-controller-manager)" ]] && return
   local p="$STATE/pki"
@@ -539,6 +565,10 @@ main() {
     env) cmd_env ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
+    apiserver)
+      exec 8>"$STATE.run.lock"
+      flock -w "$((TIMEOUT * 3))" 8 || die "another command holds $STATE.run.lock for too long"
+      cmd_apiserver "$@" ;;
     *) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
   esac
 }

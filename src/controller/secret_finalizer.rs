@@ -259,12 +259,12 @@ mod tests {
             Some(vec![other.clone()])
         );
         assert_eq!(
-            wanted_finalizers(&[ours.clone()], true, false),
+            wanted_finalizers(std::slice::from_ref(&ours), true, false),
             Some(vec![]),
             "released while being deleted"
         );
         assert_eq!(
-            wanted_finalizers(&[ours.clone()], true, true),
+            wanted_finalizers(std::slice::from_ref(&ours), true, true),
             None,
             "kept while referenced, even when being deleted"
         );
