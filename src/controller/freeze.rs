@@ -232,7 +232,7 @@ pub async fn run(
             Transition::None => {}
             Transition::Freeze => {
                 ctx.safety.freeze.set(true);
-                ctx.metrics.controller.set_frozen(true);
+                ctx.metrics.mcm.set_controller_frozen(true);
                 tracing::warn!(
                     ?timeout,
                     "API server unreachable past the status-check timeout: machine controller frozen (deletions continue)"
@@ -241,7 +241,7 @@ pub async fn run(
             Transition::Thaw => match reset_unknown_machines(&ctx).await {
                 Ok(reset) => {
                     ctx.safety.freeze.set(false);
-                    ctx.metrics.controller.set_frozen(false);
+                    ctx.metrics.mcm.set_controller_frozen(false);
                     tracing::info!(
                         reset,
                         "API servers reachable again: machine controller unfrozen"

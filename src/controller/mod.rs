@@ -614,7 +614,7 @@ async fn run_with(
         secret_task,
         freeze_task
     );
-    metrics.controller.set_frozen(false);
+    metrics.mcm.set_controller_frozen(false);
     metrics.controller.set_leader(false);
     metrics.mcm.detach();
     readiness.set(false);

@@ -282,7 +282,6 @@ pub struct ControllerMetrics {
     duration: Family<ControllerLabels, Histogram>,
     orphans_deleted: Counter,
     leader: Gauge,
-    frozen: Gauge,
 }
 
 impl ControllerMetrics {
@@ -293,7 +292,6 @@ impl ControllerMetrics {
             duration: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             orphans_deleted: Counter::default(),
             leader: Gauge::default(),
-            frozen: Gauge::default(),
         }
     }
 
@@ -321,12 +319,6 @@ impl ControllerMetrics {
     /// Whether this replica holds the leader lease.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
-    }
-
-    /// Whether the controller is frozen because an API server is unreachable (MCM's
-    /// `mcm_machine_controller_frozen`).
-    pub fn set_frozen(&self, frozen: bool) {
-        self.frozen.set(i64::from(frozen));
     }
 }
 
@@ -413,11 +405,6 @@ impl Metrics {
             r.register("handling_seconds", "RPC latency", grpc.handling.clone());
             r.register("in_flight", "RPCs in progress", grpc.in_flight.clone());
         }
-        registry.register(
-            "mcm_machine_controller_frozen",
-            "Frozen status of the machine controller manager.",
-            controller.frozen.clone(),
-        );
         {
             let r = registry.sub_registry_with_prefix("metal_driver_controller");
             r.register(
