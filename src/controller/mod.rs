@@ -523,10 +523,17 @@ async fn run_with(
         machine_store.clone(),
     )));
     let queue = metrics.workqueue.clone();
+    let deleted = ctx.clone();
     let machine_events = reflector(
         machine_writer,
         watcher(machines.clone(), watcher::Config::default()).modify(crd::trim_for_cache),
     )
+    // MCM collects orphans after every Machine delete.
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(_)) = event {
+            deleted.safety.collect_orphans.notify_one();
+        }
+    })
     .applied_objects()
     .inspect_ok(move |m| queue.triggered("machine", machine_metrics::queue_key(m)));
     let machine_controller = Controller::for_stream(machine_events, machine_store.clone())
