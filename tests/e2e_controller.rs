@@ -638,6 +638,28 @@ async fn a_machine_lifecycle_from_samples() {
         |stack| async move {
             let client = stack.client.clone();
             let ns = stack.ns.clone();
+            // The controller's start-up orphan collection lists devices once per class; let
+            // it pass before there is a class, so the request counts below are the create's.
+            let metrics_url = format!(
+                "{}/metrics",
+                stack.controller.as_ref().expect("controller").url
+            );
+            let http = stack.http.clone();
+            eventually(
+                "start-up orphan collection",
+                Duration::from_secs(30),
+                || {
+                    let (http, url) = (http.clone(), metrics_url.clone());
+                    async move {
+                        let text = http.get(&url).send().await.ok()?.text().await.ok()?;
+                        text.contains(
+                            "metal_driver_controller_reconciles_total{controller=\"orphans\"}",
+                        )
+                        .then_some(())
+                    }
+                },
+            )
+            .await;
             let class = apply_class_and_secret(&client, &ns).await;
             let machine_name = format!("{ns}-m1");
             apply_sample(&client, &ns, "machine.yaml", |m| {
