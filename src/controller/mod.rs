@@ -603,7 +603,7 @@ async fn run_with(
         .for_each(|_| future::ready(()));
 
     let orphan_task = orphans::run(ctx.clone(), stop.clone());
-    let secret_task = secret_finalizer::run(ctx.clone(), class_store.clone(), stop.clone());
+    let secret_task = secret_finalizer::run(ctx.clone(), stop.clone());
     let freeze_task = freeze::run(
         ctx.clone(),
         args.gardener.machine_safety_apiserver_statuscheck_period,

@@ -8,11 +8,11 @@
 //! is gone, so a Secret deleted early cannot strand a device.
 //!
 //! Every Secret is re-checked every 10 minutes (MCM's resync), and at once when it changes or
-//! a class changes. The decision is taken from the class cache; before the finalizer is added
-//! or removed — and whenever the Secret is being deleted, so a class deleted a moment ago never
-//! holds a Secret for a whole resync — the classes are listed from the API server. Writes are
-//! merge patches carrying the `resourceVersion` read, so a concurrent change of the Secret's
-//! finalizers fails (409) and is retried instead of overwriting another controller's.
+//! a class changes. The classes are listed from the API server for each decision (a cache of
+//! classes, updated by a watch of its own, can lag behind the class event that triggered the
+//! check, and the decision would then wait for the next resync). Writes are merge patches
+//! carrying the `resourceVersion` read, so a concurrent change of the Secret's finalizers
+//! fails (409) and is retried instead of overwriting another controller's.
 //!
 //! Only metadata is watched: Secret data never reaches this controller.
 
@@ -84,46 +84,29 @@ pub fn wanted_finalizers(
     }
 }
 
-/// What the Secret reconciler sees.
-pub struct SecretContext {
-    /// The shared controller context (client, namespace, metrics).
-    pub ctx: Arc<Context>,
-    /// The MachineClass cache.
-    pub classes: Store<MachineClass>,
-}
-
 /// Entry point for kube-runtime.
 pub async fn reconcile(
     secret: Arc<PartialObjectMeta<Secret>>,
-    sc: Arc<SecretContext>,
+    ctx: Arc<Context>,
 ) -> Result<Action> {
     let started = Instant::now();
-    let result = reconcile_inner(&secret, &sc).await;
-    sc.ctx
-        .metrics
+    let result = reconcile_inner(&secret, &ctx).await;
+    ctx.metrics
         .controller
         .reconciled("secret", started.elapsed());
     result
 }
 
-async fn reconcile_inner(secret: &PartialObjectMeta<Secret>, sc: &SecretContext) -> Result<Action> {
-    let ctx = &sc.ctx;
+async fn reconcile_inner(secret: &PartialObjectMeta<Secret>, ctx: &Context) -> Result<Action> {
     let ns = &ctx.config.namespace;
     let name = secret.name_any();
     let deleting = secret.metadata.deletion_timestamp.is_some();
-    let cached = sc.classes.state();
-    let mut referenced = is_referenced(cached.iter().map(AsRef::as_ref), &name, ns);
-    let planned = wanted_finalizers(secret.finalizers(), deleting, referenced);
-    if planned.is_none() && !deleting {
-        return Ok(Action::requeue(RESYNC));
-    }
-    // A change is due (or the Secret is going away): confirm against the API server.
     let api: Api<MachineClass> = Api::namespaced(ctx.client.clone(), ns);
     let live = api
         .list(&Default::default())
         .await
         .map_err(Error::kube("list MachineClasses"))?;
-    referenced = is_referenced(live.items.iter(), &name, ns);
+    let referenced = is_referenced(live.items.iter(), &name, ns);
     if let Some(finalizers) = wanted_finalizers(secret.finalizers(), deleting, referenced) {
         let patch = json!({"metadata": {
             "finalizers": finalizers,
@@ -151,24 +134,18 @@ async fn reconcile_inner(secret: &PartialObjectMeta<Secret>, sc: &SecretContext)
 pub fn error_policy(
     secret: Arc<PartialObjectMeta<Secret>>,
     error: &Error,
-    sc: Arc<SecretContext>,
+    ctx: Arc<Context>,
 ) -> Action {
-    sc.ctx
-        .metrics
+    ctx.metrics
         .controller
         .failed("secret", error.metric_label());
-    let after = error.retry_after(&sc.ctx.config.retry);
+    let after = error.retry_after(&ctx.config.retry);
     tracing::warn!(secret = %secret.name_any(), %error, retry_after = ?after, "Secret reconcile failed");
     Action::requeue(after)
 }
 
-/// Runs the Secret controller until `stop`. Waits for the class cache first, so an empty
-/// cache at start-up is never read as "no class refers to this Secret".
-pub async fn run(ctx: Arc<Context>, classes: Store<MachineClass>, stop: CancellationToken) {
-    tokio::select! {
-        () = stop.cancelled() => return,
-        ready = classes.wait_until_ready() => if ready.is_err() { return },
-    }
+/// Runs the Secret controller until `stop`.
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let ns = ctx.config.namespace.clone();
     let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(ctx.client.clone(), &ns);
     let class_api: Api<MachineClass> = Api::namespaced(ctx.client.clone(), &ns);
@@ -179,11 +156,7 @@ pub async fn run(ctx: Arc<Context>, classes: Store<MachineClass>, stop: Cancella
             secrets_of_class(&class, &secret_store, &ns)
         })
         .graceful_shutdown_on(stop.cancelled_owned())
-        .run(
-            reconcile,
-            error_policy,
-            Arc::new(SecretContext { ctx, classes }),
-        )
+        .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -298,23 +271,12 @@ mod tests {
                   "secretRef": {"name": secret, "namespace": "ns"}}]})
     }
 
-    fn empty_store() -> Store<MachineClass> {
-        let (store, writer) = kube::runtime::reflector::store::<MachineClass>();
-        drop(writer);
-        store
-    }
-
-    /// The cache says "not referenced" (it is empty), the API server says "referenced": the
-    /// API server wins and nothing is removed.
+    /// The class list says "referenced": nothing is removed.
     #[tokio::test]
-    async fn removal_is_confirmed_against_the_api_server() {
+    async fn a_referenced_secret_keeps_its_finalizer() {
         use crate::controller::fixtures::{Call, context, mock_client};
         let (client, mock) = mock_client(vec![Call::new("GET", CLASSES, 200, class_list("s"))]);
-        let sc = Arc::new(SecretContext {
-            ctx: context(client),
-            classes: empty_store(),
-        });
-        let action = reconcile(Arc::new(secret_meta(&[SECRET_FINALIZER])), sc)
+        let action = reconcile(Arc::new(secret_meta(&[SECRET_FINALIZER])), context(client))
             .await
             .unwrap();
         assert_eq!(action, Action::requeue(RESYNC));
@@ -339,25 +301,23 @@ mod tests {
                 assert_eq!(b["metadata"]["resourceVersion"], "9");
             }),
         ]);
-        let sc = Arc::new(SecretContext {
-            ctx: context(client),
-            classes: empty_store(),
-        });
-        reconcile(Arc::new(secret_meta(&[other, SECRET_FINALIZER])), sc)
-            .await
-            .unwrap();
+        reconcile(
+            Arc::new(secret_meta(&[other, SECRET_FINALIZER])),
+            context(client),
+        )
+        .await
+        .unwrap();
         mock.await.unwrap();
     }
 
     #[tokio::test]
-    async fn an_unreferenced_secret_without_finalizer_costs_no_call() {
-        use crate::controller::fixtures::{context, mock_client};
-        let (client, mock) = mock_client(vec![]);
-        let sc = Arc::new(SecretContext {
-            ctx: context(client),
-            classes: empty_store(),
-        });
-        reconcile(Arc::new(secret_meta(&[])), sc).await.unwrap();
+    async fn an_unreferenced_secret_without_finalizer_is_not_written() {
+        use crate::controller::fixtures::{Call, context, mock_client};
+        let (client, mock) =
+            mock_client(vec![Call::new("GET", CLASSES, 200, class_list("another"))]);
+        reconcile(Arc::new(secret_meta(&[])), context(client))
+            .await
+            .unwrap();
         mock.await.unwrap();
     }
 }
