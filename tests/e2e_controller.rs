@@ -141,7 +141,8 @@ impl Proc {
         }
     }
 
-    /// SIGTERM and wait (then SIGKILL after 15 s).
+    /// SIGTERM and wait: every role of ours exits on SIGTERM (a controller stopped while it
+    /// is still starting too), so one that is still running after 15 s fails the test.
     async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
@@ -152,8 +153,8 @@ impl Proc {
             .await
             .is_err()
         {
-            eprintln!("{} ignored SIGTERM; killing", self.name);
             self.kill().await;
+            panic!("{} ignored SIGTERM for 15 s; killed", self.name);
         }
     }
 }

@@ -40,7 +40,7 @@ pub mod status;
 
 use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use futures::{StreamExt, TryStreamExt, future};
+use futures::{FutureExt, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::{
     Api, Client, Config as KubeConfig, ResourceExt,
@@ -588,7 +588,9 @@ async fn run_with(
         .run(machine::reconcile, machine::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let class_task = Controller::new(classes, watcher::Config::default())
+    let class_controller = Controller::new(classes, watcher::Config::default());
+    let class_controller_store = class_controller.store();
+    let class_task = class_controller
         .watches(
             machines,
             watcher::Config::default(),
@@ -614,8 +616,8 @@ async fn run_with(
 
     tracing::info!(namespace = %ns, target = ctx.has_target(), "machine controller running");
     tokio::join!(
-        machine_task,
-        class_task,
+        unless_stopped_before_ready(machine_task, &stop, machine_store.clone()),
+        unless_stopped_before_ready(class_task, &stop, class_controller_store),
         orphan_task,
         class_cache,
         secret_task,
@@ -635,6 +637,32 @@ async fn run_with(
     }
     tracing::info!("machine controller stopped");
     Ok(())
+}
+
+/// Runs a kube-runtime controller until it ends, or until `stop` fires while its cache is
+/// still empty. kube-runtime holds a controller's reconciles until its cache has been filled
+/// once; a stop that ends the watch before the first list completes leaves that hold waiting
+/// for ever, and the process would ignore SIGTERM until it is killed. No reconcile can be in
+/// flight before the cache is filled, so nothing is cut short by not waiting then.
+pub(crate) async fn unless_stopped_before_ready<K>(
+    controller: impl std::future::Future<Output = ()>,
+    stop: &CancellationToken,
+    cache: reflector::Store<K>,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let stopped_unready = async {
+        stop.cancelled().await;
+        if matches!(cache.wait_until_ready().now_or_never(), Some(Ok(()))) {
+            // Filled: the controller finishes its in-flight reconciles and ends by itself.
+            future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = stopped_unready => tracing::debug!("stopped before the first list; no reconcile ran"),
+    }
 }
 
 #[cfg(test)]

@@ -151,14 +151,15 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let class_api: Api<MachineClass> = Api::namespaced(ctx.client.clone(), &ns);
     let controller = Controller::new(secrets, watcher::Config::default());
     let secret_store = controller.store();
-    controller
+    let cache = secret_store.clone();
+    let task = controller
         .watches(class_api, watcher::Config::default(), move |class| {
             secrets_of_class(&class, &secret_store, &ns)
         })
-        .graceful_shutdown_on(stop.cancelled_owned())
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .for_each(|_| futures::future::ready(()));
+    super::unless_stopped_before_ready(task, &stop, cache).await;
 }
 
 /// Class event → the Secrets it refers to, and every Secret holding our finalizer (a class
