@@ -13,6 +13,12 @@
 # through the same driver, and deleted, while the controller is killed and restarted too
 # (half a period after each driver restart).
 #
+# Chaos (on with the controller lane unless SOAK_CHAOS=0): a second throw-away API server is
+# the target cluster (Nodes), and a pool of Machines lives through a network incident with
+# the target API server stopped past the freeze timeout, every pool Node NotReady past the
+# health timeout, and the control API server stopped past the leader lease (see
+# src/bin/metal-driver-soak/chaos.rs).
+#
 # Bounded: new machines stop after SECONDS, the drain is capped by SOAK_DRAIN_SECONDS.
 # Exit status 0 only if every invariant holds; figures and process logs go to target/soak/.
 set -euo pipefail
@@ -26,9 +32,15 @@ lane=()
 if [[ "${SOAK_CONTROLLER:-1}" != 0 ]]; then
   export METAL_DRIVER_STATE="${SOAK_ENV_STATE:-/tmp/metal-driver-soak-env}"
   export E2E_NAMESPACE=soak
-  trap 'hack/e2e-env.sh down >/dev/null 2>&1 || true' EXIT
+  target_state="${SOAK_TARGET_ENV_STATE:-/tmp/metal-driver-soak-target}"
+  trap 'hack/e2e-env.sh down >/dev/null 2>&1 || true; METAL_DRIVER_STATE="$target_state" hack/e2e-env.sh down >/dev/null 2>&1 || true' EXIT
   eval "$(hack/e2e-env.sh up)"
   lane=(--kubeconfig "$KUBECONFIG")
+  if [[ "${SOAK_CHAOS:-1}" != 0 ]]; then
+    METAL_DRIVER_STATE="$target_state" E2E_NAMESPACE=target hack/e2e-env.sh up >/dev/null
+    lane+=(--chaos true --target-kubeconfig "$target_state/kubeconfig"
+      --control-state "$METAL_DRIVER_STATE" --target-state "$target_state")
+  fi
 fi
 
 target/debug/metal-driver-soak --seconds "$seconds" --restart-every "$restart" \

@@ -39,7 +39,7 @@ use serde_json::Value;
 const PHASE_TIMEOUT: Duration = Duration::from_secs(240);
 const POLL: Duration = Duration::from_millis(400);
 const FIELD_MANAGER: &str = "metal-driver-soak";
-const CLASS: &str = "soak-class";
+pub const CLASS: &str = "soak-class";
 const SECRET: &str = "soak-secret";
 
 /// Counters and observations of the lane.
@@ -220,11 +220,18 @@ impl Lane {
         );
         obj.metadata.namespace = Some(self.namespace.clone());
         let created = Instant::now();
-        // The apiserver is not under fault injection; one retry covers a transient error.
-        let mut create = api.create(&PostParams::default(), &obj).await;
-        if create.is_err() {
+        // Retried while the API server is away (the chaos incidents stop it); a create whose
+        // answer was lost comes back as AlreadyExists.
+        let mut create = api.create(&PostParams::default(), &obj).await.map(|_| ());
+        while create.is_err() && created.elapsed() < PHASE_TIMEOUT {
+            if let Err(kube::Error::Api(s)) = &create
+                && s.code == 409
+            {
+                create = Ok(());
+                break;
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            create = api.create(&PostParams::default(), &obj).await;
+            create = api.create(&PostParams::default(), &obj).await.map(|_| ());
         }
         if let Err(e) = create {
             (self.anomaly)(format!("{name}: cannot create the Machine: {e}"));
@@ -255,7 +262,24 @@ impl Lane {
 
         // Delete even when it never ran: the controller must release it either way.
         let deleting = Instant::now();
-        if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+        let mut delete = api
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ());
+        while delete.is_err() && deleting.elapsed() < PHASE_TIMEOUT {
+            if let Err(kube::Error::Api(s)) = &delete
+                && s.code == 404
+            {
+                delete = Ok(());
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            delete = api
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ());
+        }
+        if let Err(e) = delete {
             (self.anomaly)(format!("{name}: delete refused: {e}"));
         }
         let deadline = (deleting + PHASE_TIMEOUT).min(self.hard_stop);

@@ -63,6 +63,7 @@ use crate::{
     process::Supervised,
 };
 
+mod chaos;
 mod controller_lane;
 mod ids;
 mod process;
@@ -125,6 +126,21 @@ struct Args {
     /// Default: --restart-every.
     #[arg(long, env = "SOAK_CONTROLLER_RESTART_EVERY")]
     controller_restart_every: Option<u64>,
+    /// Chaos in the controller lane (see `chaos`): a pool of Machines through a network
+    /// incident with the target API server gone, a pool-wide NotReady past the health
+    /// timeout, and the control API server gone. Needs --target-kubeconfig and both
+    /// environments' state dirs (hack/e2e-env.sh, for `apiserver stop|start`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    chaos: bool,
+    /// Kubeconfig of the target cluster (Nodes) for the controller lane; default: --kubeconfig.
+    #[arg(long, env = "SOAK_TARGET_KUBECONFIG")]
+    target_kubeconfig: Option<String>,
+    /// hack/e2e-env.sh state dir of the control cluster (for the chaos).
+    #[arg(long, env = "SOAK_CONTROL_STATE")]
+    control_state: Option<String>,
+    /// hack/e2e-env.sh state dir of the target cluster (for the chaos).
+    #[arg(long, env = "SOAK_TARGET_STATE")]
+    target_state: Option<String>,
 }
 
 /// Counters shared by every task.
@@ -488,6 +504,10 @@ struct LaneParts {
     restarter: RestartTask,
     load: tokio::task::JoinHandle<()>,
     registrar: tokio::task::JoinHandle<()>,
+    /// The chaos incidents (with `--chaos`): the pool, and the task running the incidents.
+    chaos: Option<(chaos::Chaos, tokio::task::JoinHandle<()>)>,
+    /// Restarts a controller that exited by itself (a lost lease), as a kubelet would.
+    watchdog: tokio::task::JoinHandle<()>,
 }
 
 /// What the controller lane left behind, for the checks.
@@ -500,6 +520,8 @@ struct LaneOutcome {
     sigterms: u32,
     bad_exits: Vec<String>,
     slowest_term_exit: Option<Duration>,
+    self_exits: Vec<String>,
+    chaos: Option<Arc<chaos::ChaosTally>>,
 }
 
 /// Kills and restarts `proc` every `every` seconds (first after `every + offset`),
@@ -656,6 +678,10 @@ async fn run(args: Args) -> Result<bool, String> {
         let client = sim::nodes::client_from(kubeconfig)
             .await
             .map_err(|e| e.to_string())?;
+        let target_kubeconfig = args.target_kubeconfig.clone().unwrap_or(kubeconfig.clone());
+        let target_client = sim::nodes::client_from(&target_kubeconfig)
+            .await
+            .map_err(|e| e.to_string())?;
         let lane_tag = format!("kubernetes.io/cluster/soak-ctl-{stamp}");
         let tally = ctx.tally.clone();
         let lane = Lane::new(
@@ -667,22 +693,46 @@ async fn run(args: Args) -> Result<bool, String> {
         lane.setup(spec_json(&lane_tag), &secrets()).await?;
         // The kubelet's part: a Ready Node for every active device of the lane.
         let snapshot = sim.device_snapshot();
+        // The chaos pool's Nodes are the chaos kubelets' (they must be able to go NotReady).
         let registrar = tokio::spawn(sim::nodes::run(
-            client,
+            target_client.clone(),
             move || {
                 let mut devices = snapshot();
-                devices.retain(|d| d.tags.as_ref().is_some_and(|t| t.contains(&lane_tag)));
+                devices.retain(|d| {
+                    d.tags.as_ref().is_some_and(|t| t.contains(&lane_tag))
+                        && !d
+                            .hostname
+                            .as_deref()
+                            .is_some_and(|h| h.starts_with("pool-"))
+                });
                 devices
             },
             lane_stop.clone(),
         ));
+        let mut controller_args: Vec<std::ffi::OsString> = Vec::new();
+        if args.chaos {
+            controller_args.extend(
+                [
+                    format!(
+                        "--machine-health-timeout={}s",
+                        chaos::HEALTH_TIMEOUT.as_secs()
+                    ),
+                    "--machine-safety-apiserver-statuscheck-period=1s".to_owned(),
+                    format!(
+                        "--machine-safety-apiserver-statuscheck-timeout={}s",
+                        chaos::FREEZE_TIMEOUT.as_secs()
+                    ),
+                ]
+                .map(Into::into),
+            );
+        }
         let mut controller = Supervised::new(
             "controller",
             driver_bin.clone(),
             [
                 "controller",
                 &format!("--control-kubeconfig={kubeconfig}"),
-                &format!("--target-kubeconfig={kubeconfig}"),
+                &format!("--target-kubeconfig={target_kubeconfig}"),
                 &format!("--namespace={}", lane.namespace),
                 &format!("--cmi-endpoint={endpoint}"),
                 "--address=127.0.0.1",
@@ -695,11 +745,65 @@ async fn run(args: Args) -> Result<bool, String> {
                 "--log-format=json",
             ]
             .map(Into::into)
-            .to_vec(),
+            .into_iter()
+            .chain(controller_args)
+            .collect(),
             out_dir.clone(),
         );
         controller.start().await?;
         let controller = Arc::new(tokio::sync::Mutex::new(controller));
+        let watchdog = {
+            let (controller, stop, tally) =
+                (controller.clone(), lane_stop.clone(), ctx.tally.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let mut c = controller.lock().await;
+                    match c.restart_if_exited().await {
+                        Ok(true) => println!(
+                            "soak: [{:>5.0}s] controller exited by itself ({}); restarted",
+                            started.elapsed().as_secs_f64(),
+                            c.self_exits.last().cloned().unwrap_or_default()
+                        ),
+                        Ok(false) => {}
+                        Err(e) => tally.anomaly(format!("controller restart failed: {e}")),
+                    }
+                }
+            })
+        };
+        let chaos = if args.chaos {
+            let (Some(control_state), Some(target_state)) =
+                (args.control_state.clone(), args.target_state.clone())
+            else {
+                return Err("--chaos needs --control-state and --target-state".into());
+            };
+            let chaos = chaos::Chaos::new(
+                client.clone(),
+                target_client.clone(),
+                lane.namespace.clone(),
+                controller_lane::CLASS.to_owned(),
+                control_state,
+                target_state,
+                lane.tally.clone(),
+                controller.clone(),
+            );
+            let task = {
+                let (chaos, stop) = (chaos.clone(), lane_stop.clone());
+                tokio::spawn(async move {
+                    if !chaos.start(stop, Duration::from_secs(120)).await {
+                        println!("soak: chaos: the pool never became Running; incidents skipped");
+                        return;
+                    }
+                    chaos.outage().await;
+                    chaos.meltdown().await;
+                    chaos.control_outage().await;
+                    chaos.settle(Duration::from_secs(120)).await;
+                })
+            };
+            Some((chaos, task))
+        } else {
+            None
+        };
         let every = args.controller_restart_every.unwrap_or(args.restart_every);
         let restarter = restart_loop(
             controller.clone(),
@@ -748,6 +852,8 @@ async fn run(args: Args) -> Result<bool, String> {
             restarter,
             load,
             registrar,
+            chaos,
+            watchdog,
         });
     }
 
@@ -830,10 +936,22 @@ async fn run(args: Args) -> Result<bool, String> {
             ctx.tally
                 .anomaly("controller-lane Machines still running after the drain".into());
         }
+        let mut chaos_tally = None;
+        if let Some((chaos, task)) = parts.chaos {
+            if tokio::time::timeout(Duration::from_secs(300), task)
+                .await
+                .is_err()
+            {
+                ctx.tally.anomaly("chaos incidents did not finish".into());
+            }
+            chaos.teardown(Duration::from_secs(120)).await;
+            chaos_tally = Some(chaos.tally.clone());
+        }
         let leftover = parts.lane.leftover_machines().await;
+        lane_stop.cancel();
+        let _ = parts.watchdog.await;
         let mut controller = parts.controller.lock().await;
         controller.stop(true).await;
-        lane_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), parts.registrar).await;
         parts.lane.teardown().await;
         lane_outcome = Some(LaneOutcome {
@@ -845,6 +963,8 @@ async fn run(args: Args) -> Result<bool, String> {
             sigterms: controller.sigterms,
             bad_exits: controller.bad_exits.clone(),
             slowest_term_exit: controller.slowest_term_exit(),
+            self_exits: controller.self_exits.clone(),
+            chaos: chaos_tally,
         });
     }
 
@@ -981,6 +1101,38 @@ async fn run(args: Args) -> Result<bool, String> {
             o.panics.is_empty(),
             format!("{} controller runs, {} panics", o.runs, o.panics.len()),
         ));
+        if let Some(c) = &o.chaos {
+            let max = c.max_failed_in_meltdown.load(Ordering::Relaxed);
+            let at_end = c.failed_at_meltdown_end.load(Ordering::Relaxed);
+            checks.push((
+                "no meltdown: one pool Machine Failed at a time",
+                max <= 1 && at_end == 1,
+                format!(
+                    "{max} at most at once while every pool Node was NotReady, {at_end} at its end; {} replaced in all",
+                    c.replaced.load(Ordering::Relaxed)
+                ),
+            ));
+            let outage = c.failed_in_outage.load(Ordering::Relaxed);
+            let froze = c.froze.load(Ordering::Relaxed);
+            checks.push((
+                "target API server outage: frozen, and no pool Machine Failed",
+                outage == 0 && froze,
+                format!("frozen gauge seen 1: {froze}; {outage} pool Machines Failed"),
+            ));
+            let errors = c.errors.lock().unwrap().clone();
+            checks.push((
+                "the pool recovered from every incident",
+                c.recovered.load(Ordering::Relaxed)
+                    && c.incidents.load(Ordering::Relaxed) == 3
+                    && errors.is_empty(),
+                format!(
+                    "{} incidents {:?}; controller exited by itself {} times (lost lease) and was restarted; errors {errors:?}",
+                    c.incidents.load(Ordering::Relaxed),
+                    c.durations.lock().unwrap(),
+                    o.self_exits.len()
+                ),
+            ));
+        }
         checks.push((
             "SIGTERM'd controllers exit 0",
             o.bad_exits.is_empty(),
@@ -1047,6 +1199,16 @@ async fn run(args: Args) -> Result<bool, String> {
             "sigkill": o.sigkills,
             "sigterm": o.sigterms,
             "panics": o.panics,
+            "self_exits": o.self_exits,
+            "chaos": o.chaos.as_ref().map(|c| json!({
+                "max_failed_in_meltdown": c.max_failed_in_meltdown.load(Ordering::Relaxed),
+                "failed_at_meltdown_end": c.failed_at_meltdown_end.load(Ordering::Relaxed),
+                "failed_in_outage": c.failed_in_outage.load(Ordering::Relaxed),
+                "froze": c.froze.load(Ordering::Relaxed),
+                "replaced": c.replaced.load(Ordering::Relaxed),
+                "incidents_s": c.durations.lock().unwrap().clone(),
+                "recovered": c.recovered.load(Ordering::Relaxed),
+            })),
         })
     });
     println!("  RPC answers by method and code:");

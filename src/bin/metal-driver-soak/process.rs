@@ -25,6 +25,10 @@ pub struct Supervised {
     pub bad_exits: Vec<String>,
     /// How long each SIGTERM'd run took to exit.
     pub term_exit: Vec<Duration>,
+    /// The current run's side-port URL (its `listening on` line).
+    pub url: Option<String>,
+    /// Runs that exited on their own (and were restarted by [`Supervised::restart_if_exited`]).
+    pub self_exits: Vec<String>,
 }
 
 impl Supervised {
@@ -40,6 +44,8 @@ impl Supervised {
             sigterms: 0,
             bad_exits: Vec::new(),
             term_exit: Vec::new(),
+            url: None,
+            self_exits: Vec::new(),
         }
     }
 
@@ -69,9 +75,10 @@ impl Supervised {
             .map_err(|_| format!("the {role} did not say `listening on` within 60 s"))?
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("the {role} exited before listening"))?;
-        if !first.starts_with("listening on ") {
+        let Some(url) = first.strip_prefix("listening on ") else {
             return Err(format!("unexpected first line from the {role}: {first}"));
-        }
+        };
+        self.url = Some(url.to_owned());
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.child = Some(child);
         Ok(())
@@ -108,6 +115,23 @@ impl Supervised {
         } else {
             self.sigkills += 1;
             let _ = child.kill().await;
+        }
+    }
+
+    /// What a kubelet does: when the current run has exited by itself, records how and
+    /// starts the next one. Returns whether it restarted.
+    pub async fn restart_if_exited(&mut self) -> Result<bool, String> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(false);
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.self_exits.push(format!("run {}: {status}", self.runs));
+                self.child = None;
+                self.start().await?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
