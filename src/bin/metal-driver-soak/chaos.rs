@@ -16,6 +16,10 @@
 //!    loses the lease and exits (as client-go's leader election does), the soak restarts it
 //!    as a kubelet would, and the lane carries on.
 //!
+//! The controller is not restarted during incident 1: the freeze is held in the process, so a
+//! controller restarted mid-outage comes back unfrozen (MCM's does too) and would judge the
+//! health timeouts that ran out while nobody could see the Nodes.
+//!
 //! Invariants reported by the soak: at most one pool Machine Failed at any sample of
 //! incident 2, exactly one at its end; none Failed during incident 1; the pool back at full
 //! size and Running afterwards; its devices count towards "exactly one device per machine"
@@ -100,6 +104,7 @@ pub struct Chaos {
     pub tally: Arc<ChaosTally>,
     incident: Arc<Incident>,
     next: Arc<AtomicU64>,
+    restarts_paused: Arc<AtomicBool>,
 }
 
 impl Chaos {
@@ -113,6 +118,7 @@ impl Chaos {
         target_state: String,
         ids: Arc<LaneTally>,
         controller: Arc<tokio::sync::Mutex<Supervised>>,
+        restarts_paused: Arc<AtomicBool>,
     ) -> Self {
         Self {
             control,
@@ -127,6 +133,7 @@ impl Chaos {
             tally: Arc::new(ChaosTally::default()),
             incident: Arc::new(Incident::default()),
             next: Arc::new(AtomicU64::new(0)),
+            restarts_paused,
         }
     }
 
@@ -245,6 +252,8 @@ impl Chaos {
     /// The MachineSet stand-in: a Failed pool Machine is replaced (new Machine first, then
     /// the Failed one deleted), except while an incident holds replacements back.
     async fn machineset(self, stop: CancellationToken) {
+        // Failed Machines a replacement was made for; their delete is retried until it sticks.
+        let mut replaced = std::collections::HashSet::new();
         while !stop.is_cancelled() {
             if !self.incident.hold_replacements.load(Ordering::Relaxed)
                 && let Some(pool) = self.pool().await
@@ -253,13 +262,16 @@ impl Chaos {
                     .iter()
                     .filter(|m| m.phase() == "Failed" && m.metadata.deletion_timestamp.is_none())
                 {
-                    self.create_pool_machine().await;
+                    let name = m.name_any();
+                    if replaced.insert(name.clone()) {
+                        self.create_pool_machine().await;
+                        self.tally.replaced.fetch_add(1, Ordering::Relaxed);
+                        println!("soak: chaos: replacing Failed pool Machine {name}");
+                    }
                     let _ = self
                         .machines()
-                        .delete(&m.name_any(), &DeleteParams::default())
+                        .delete(&name, &DeleteParams::default())
                         .await;
-                    self.tally.replaced.fetch_add(1, Ordering::Relaxed);
-                    println!("soak: chaos: replaced Failed pool Machine {}", m.name_any());
                 }
             }
             tokio::select! {
@@ -334,6 +346,7 @@ impl Chaos {
     pub async fn outage(&self) {
         let t = Instant::now();
         println!("soak: chaos: pool NotReady, then the target API server stopped");
+        self.restarts_paused.store(true, Ordering::Relaxed);
         self.incident
             .hold_replacements
             .store(true, Ordering::Relaxed);
@@ -372,6 +385,7 @@ impl Chaos {
         self.incident
             .hold_replacements
             .store(false, Ordering::Relaxed);
+        self.restarts_paused.store(false, Ordering::Relaxed);
         self.done("target API server outage", t);
     }
 

@@ -532,6 +532,7 @@ fn restart_loop(
     offset: Duration,
     run_until: Instant,
     done: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     started: Instant,
 ) -> RestartTask {
     tokio::spawn(async move {
@@ -546,6 +547,9 @@ fn restart_loop(
                 || done.load(Ordering::Relaxed)
             {
                 return Ok(());
+            }
+            if paused.load(Ordering::Relaxed) {
+                continue;
             }
             let mut p = proc.lock().await;
             p.stop(graceful).await;
@@ -668,6 +672,7 @@ async fn run(args: Args) -> Result<bool, String> {
         Duration::ZERO,
         run_until,
         restarts_done.clone(),
+        Arc::new(AtomicBool::new(false)),
         started,
     );
 
@@ -752,6 +757,7 @@ async fn run(args: Args) -> Result<bool, String> {
         );
         controller.start().await?;
         let controller = Arc::new(tokio::sync::Mutex::new(controller));
+        let restarts_paused = Arc::new(AtomicBool::new(false));
         let watchdog = {
             let (controller, stop, tally) =
                 (controller.clone(), lane_stop.clone(), ctx.tally.clone());
@@ -786,6 +792,7 @@ async fn run(args: Args) -> Result<bool, String> {
                 target_state,
                 lane.tally.clone(),
                 controller.clone(),
+                restarts_paused.clone(),
             );
             let task = {
                 let (chaos, stop) = (chaos.clone(), lane_stop.clone());
@@ -805,12 +812,17 @@ async fn run(args: Args) -> Result<bool, String> {
             None
         };
         let every = args.controller_restart_every.unwrap_or(args.restart_every);
+        // The chaos holds controller restarts back during the target API-server outage: the
+        // freeze lives in the process, so a controller restarted mid-outage comes back
+        // unfrozen and would judge the health timeouts that ran out meanwhile (as MCM's
+        // would; the meltdown permit still limits that to one Machine per deployment).
         let restarter = restart_loop(
             controller.clone(),
             every,
             Duration::from_secs(every / 2),
             run_until,
             restarts_done.clone(),
+            restarts_paused.clone(),
             started,
         );
         // Lane machines keep starting until --seconds.
