@@ -275,21 +275,9 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// MCM's default tunables, as every controller test uses them.
     fn cfg() -> Config {
-        Config {
-            namespace: "ns".into(),
-            creation_timeout: Duration::from_secs(1200),
-            health_timeout: Duration::from_secs(600),
-            drain_timeout: Duration::from_secs(7200),
-            max_evict_retries: 360,
-            pv_detach_timeout: Duration::from_secs(120),
-            pv_reattach_timeout: Duration::from_secs(90),
-            orphan_period: Duration::from_secs(900),
-            retry: Default::default(),
-            health_recheck: Duration::from_secs(60),
-            node_conditions: crate::controller::context::DEFAULT_NODE_CONDITIONS.into(),
-            bootstrap_token_auth_extra_groups: String::new(),
-        }
+        crate::controller::fixtures::config()
     }
 
     fn machine(ph: &str, updated: &str) -> Machine {
