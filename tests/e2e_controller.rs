@@ -3167,18 +3167,27 @@ mod drain_support {
 
     /// Records every distinct `(state, description)` of the Machine's lastOperation until the
     /// Machine is gone, from a watch (every write is an event; polling would miss steps that
-    /// follow each other within milliseconds).
-    pub fn record_operations(
+    /// follow each other within milliseconds). Returns once the watch's initial list is done,
+    /// so nothing the caller does afterwards can happen before the recorder is listening.
+    pub async fn record_operations(
         machines: Api<Machine>,
         name: String,
     ) -> tokio::task::JoinHandle<Vec<(String, String)>> {
-        tokio::spawn(async move {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
             let mut seen: Vec<(String, String)> = Vec::new();
             let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
             let mut events = std::pin::pin!(watcher(machines, cfg));
             while let Some(ev) = events.next().await {
                 let m = match ev {
                     Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) => m,
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
                     Ok(watcher::Event::Delete(_)) => return seen,
                     _ => continue,
                 };
@@ -3190,7 +3199,9 @@ mod drain_support {
                 }
             }
             seen
-        })
+        });
+        ready_rx.await.expect("operation recorder stopped before its watch was established");
+        task
     }
 
     pub async fn last_operation(stack: &Stack, name: &str) -> (String, String) {
@@ -3243,7 +3254,7 @@ async fn o_drain_waits_for_the_disruption_budget() {
         pdb_status(&client, &ns, "web", 1, 1, 0).await;
         let (kubelet, _evicted) = kubelet(&client, &ns);
         let device = uuid_of(stack.machines().get(&name).await.expect("m").provider_id().expect("pid"));
-        let ops = record_operations(stack.machines(), name.clone());
+        let ops = record_operations(stack.machines(), name.clone()).await;
 
         stack.machines().delete(&name, &DeleteParams::default()).await.expect("delete");
         let s = &stack;
@@ -3394,7 +3405,7 @@ async fn q_force_deletion_label_deletes_pods_and_volume_attachments() {
             )
             .await
             .expect("label");
-        let ops = record_operations(stack.machines(), name.clone());
+        let ops = record_operations(stack.machines(), name.clone()).await;
         stack
             .machines()
             .delete(&name, &DeleteParams::default())
@@ -3459,7 +3470,7 @@ async fn r_drain_timeout_forces_and_a_restart_resumes_mid_drain() {
                 .provider_id()
                 .expect("pid"),
         );
-        let ops = record_operations(stack.machines(), name.clone());
+        let ops = record_operations(stack.machines(), name.clone()).await;
         stack
             .machines()
             .delete(&name, &DeleteParams::default())
