@@ -11,6 +11,7 @@
 /// Caps glibc's malloc at `arenas` arenas for the rest of the process. Call it before the
 /// async runtime starts its threads. A no-op where the C library is not glibc (the static
 /// musl image has a single-heap allocator already).
+#[allow(unsafe_code)]
 pub fn limit_malloc_arenas(arenas: i32) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX is valid at any time and

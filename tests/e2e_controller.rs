@@ -3200,7 +3200,9 @@ mod drain_support {
             }
             seen
         });
-        ready_rx.await.expect("operation recorder stopped before its watch was established");
+        ready_rx
+            .await
+            .expect("operation recorder stopped before its watch was established");
         task
     }
 

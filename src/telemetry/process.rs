@@ -89,6 +89,7 @@ fn boot_time() -> Option<f64> {
 }
 
 /// Reads `/proc/self` now; `None` without `/proc`.
+#[allow(unsafe_code)]
 pub fn read() -> Option<Reading> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // SAFETY: sysconf only reads a configuration value.
