@@ -14,13 +14,9 @@ use tonic::Code;
 
 use crate::{
     cmi::{
+        calls::MachineRef,
         client::CmiClient,
         server::{ServerConfig, start},
-        v1::{
-            CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest,
-            GetPluginCapabilitiesRequest, GetPluginInfoRequest, ListMachinesRequest, ProbeRequest,
-            ShutDownMachineRequest,
-        },
     },
     metal::{
         DeviceState,
@@ -162,39 +158,18 @@ async fn drive(
 ) -> Result<(), DemoError> {
     let spec = demo_provider_spec();
     let secrets = demo_secrets();
-    let create_request = || CreateMachineRequest {
-        machine_name: name.to_owned(),
-        provider_spec: spec.clone(),
-        secrets: secrets.clone(),
-        last_known_state: Vec::new(),
-    };
-    let status_request = |provider_id: &str| GetMachineStatusRequest {
-        machine_name: name.to_owned(),
-        provider_spec: spec.clone(),
-        secrets: secrets.clone(),
-        provider_id: provider_id.to_owned(),
-    };
+    let machine = MachineRef::new(name, &spec, &secrets);
 
     let t = Instant::now();
     let info = cmi
-        .identity
-        .clone()
-        .get_plugin_info(cmi.request(GetPluginInfoRequest {}))
+        .get_plugin_info()
         .await
-        .map_err(|s| fail("GetPluginInfo", s))?;
+        .map_err(|e| fail("GetPluginInfo", e))?;
     let caps = cmi
-        .identity
-        .clone()
-        .get_plugin_capabilities(cmi.request(GetPluginCapabilitiesRequest {}))
+        .get_plugin_capabilities()
         .await
-        .map_err(|s| fail("GetPluginCapabilities", s))?;
-    let probe = cmi
-        .identity
-        .clone()
-        .probe(cmi.request(ProbeRequest {}))
-        .await
-        .map_err(|s| fail("Probe", s))?;
-    let info = info.into_inner();
+        .map_err(|e| fail("GetPluginCapabilities", e))?;
+    let ready = cmi.probe().await.map_err(|e| fail("Probe", e))?;
     steps.print(
         "identity",
         t.elapsed(),
@@ -202,19 +177,16 @@ async fn drive(
             "{} {} · {} capabilities · ready={}",
             info.name,
             info.version,
-            caps.into_inner().capabilities.len(),
-            probe.into_inner().ready.unwrap_or(true)
+            caps.len(),
+            ready.unwrap_or(true)
         ),
     );
 
     let t = Instant::now();
     let created = cmi
-        .machine
-        .clone()
-        .create_machine(cmi.request(create_request()))
+        .create_machine(machine)
         .await
-        .map_err(|s| fail("CreateMachine", s))?
-        .into_inner();
+        .map_err(|e| fail("CreateMachine", e))?;
     steps.print(
         "CreateMachine",
         t.elapsed(),
@@ -226,12 +198,9 @@ async fn drive(
 
     let t = Instant::now();
     let again = cmi
-        .machine
-        .clone()
-        .create_machine(cmi.request(create_request()))
+        .create_machine(machine)
         .await
-        .map_err(|s| fail("CreateMachine (retry)", s))?
-        .into_inner();
+        .map_err(|e| fail("CreateMachine (retry)", e))?;
     if again.provider_id != created.provider_id {
         return Err(fail(
             "CreateMachine (retry)",
@@ -246,15 +215,13 @@ async fn drive(
 
     // Poll status until the simulated device is active.
     let t = Instant::now();
+    let machine = machine.with_provider_id(&created.provider_id);
     let mut last_state = None;
     loop {
         let status = cmi
-            .machine
-            .clone()
-            .get_machine_status(cmi.request(status_request(&created.provider_id)))
+            .get_machine_status(machine)
             .await
-            .map_err(|s| fail("GetMachineStatus", s))?
-            .into_inner();
+            .map_err(|e| fail("GetMachineStatus", e))?;
         if status.provider_id != created.provider_id {
             return Err(fail(
                 "GetMachineStatus",
@@ -291,25 +258,14 @@ async fn drive(
     }
 
     let t = Instant::now();
-    let list = cmi
-        .machine
-        .clone()
-        .list_machines(cmi.request(ListMachinesRequest {
-            provider_spec: spec.clone(),
-            secrets: secrets.clone(),
-        }))
+    let listed = cmi
+        .list_machines(&spec, &secrets)
         .await
-        .map_err(|s| fail("ListMachines", s))?
-        .into_inner();
-    if list
-        .machine_list
-        .get(&created.provider_id)
-        .map(String::as_str)
-        != Some(name)
-    {
+        .map_err(|e| fail("ListMachines", e))?;
+    if listed.get(&created.provider_id).map(String::as_str) != Some(name) {
         return Err(fail(
             "ListMachines",
-            format!("{name} missing from {:?}", list.machine_list),
+            format!("{name} missing from {listed:?}"),
         ));
     }
     steps.print(
@@ -317,47 +273,26 @@ async fn drive(
         t.elapsed(),
         &format!(
             "{} machine(s) in the cluster, {name} among them",
-            list.machine_list.len()
+            listed.len()
         ),
     );
 
     let t = Instant::now();
-    cmi.machine
-        .clone()
-        .shut_down_machine(cmi.request(ShutDownMachineRequest {
-            machine_name: name.to_owned(),
-            provider_spec: spec.clone(),
-            secrets: secrets.clone(),
-            provider_id: created.provider_id.clone(),
-            last_known_state: Vec::new(),
-        }))
+    cmi.shut_down_machine(machine)
         .await
-        .map_err(|s| fail("ShutDownMachine", s))?;
+        .map_err(|e| fail("ShutDownMachine", e))?;
     steps.print("ShutDownMachine", t.elapsed(), "power_off accepted");
 
     let t = Instant::now();
-    cmi.machine
-        .clone()
-        .delete_machine(cmi.request(DeleteMachineRequest {
-            machine_name: name.to_owned(),
-            provider_spec: spec.clone(),
-            secrets: secrets.clone(),
-            provider_id: created.provider_id.clone(),
-            last_known_state: Vec::new(),
-        }))
+    cmi.delete_machine(machine)
         .await
-        .map_err(|s| fail("DeleteMachine", s))?;
+        .map_err(|e| fail("DeleteMachine", e))?;
     steps.print("DeleteMachine", t.elapsed(), "device deprovisioning");
 
     let t = Instant::now();
     loop {
-        let result = cmi
-            .machine
-            .clone()
-            .get_machine_status(cmi.request(status_request(&created.provider_id)))
-            .await;
-        match result {
-            Err(status) if status.code() == Code::NotFound => {
+        match cmi.get_machine_status(machine).await {
+            Err(e) if e.code() == Code::NotFound => {
                 steps.print(
                     "GetMachineStatus",
                     t.elapsed(),
@@ -365,7 +300,7 @@ async fn drive(
                 );
                 break;
             }
-            Err(status) => return Err(fail("GetMachineStatus after delete", status)),
+            Err(e) => return Err(fail("GetMachineStatus after delete", e)),
             Ok(_) if t.elapsed() > Duration::from_secs(60) => {
                 return Err(fail(
                     "GetMachineStatus after delete",

@@ -17,11 +17,8 @@ use serde_json::json;
 
 use crate::{
     cmi::{
+        calls::{CallError, MachineRef},
         client::{ClientError, CmiClient},
-        v1::{
-            CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest,
-            ListMachinesRequest, ShutDownMachineRequest,
-        },
     },
     manifest::{self, ManifestError, SecretData},
 };
@@ -138,11 +135,11 @@ pub enum MachineCliError {
     Rpc { code: tonic::Code, message: String },
 }
 
-impl From<tonic::Status> for MachineCliError {
-    fn from(status: tonic::Status) -> Self {
+impl From<CallError> for MachineCliError {
+    fn from(error: CallError) -> Self {
         Self::Rpc {
-            code: status.code(),
-            message: status.message().to_owned(),
+            code: error.code(),
+            message: error.message().to_owned(),
         }
     }
 }
@@ -224,84 +221,37 @@ pub async fn execute(args: &MachineArgs) -> Result<Outcome, MachineCliError> {
     let provider_id = args.provider_id.clone().unwrap_or_default();
 
     let tls = args.tls.load()?;
-    let mut client = CmiClient::connect_tls(endpoint, args.timeout, tls.as_ref()).await?;
+    let client = CmiClient::connect_tls(endpoint, args.timeout, tls.as_ref()).await?;
+    let machine = MachineRef::new(&name, &provider_spec, &secrets).with_provider_id(&provider_id);
     let outcome = match action {
         MachineAction::Create => {
-            let message = CreateMachineRequest {
-                machine_name: name.clone(),
-                provider_spec,
-                secrets,
-                ..Default::default()
-            };
-            let response = client
-                .machine
-                .create_machine(client.request(message))
-                .await?
-                .into_inner();
+            let created = client.create_machine(machine).await?;
             Outcome::Created {
                 machine: name,
-                provider_id: response.provider_id,
-                node_name: response.node_name,
+                provider_id: created.provider_id,
+                node_name: created.node_name,
             }
         }
         MachineAction::Status => {
-            let message = GetMachineStatusRequest {
-                machine_name: name.clone(),
-                provider_spec,
-                secrets,
-                provider_id,
-            };
-            let response = client
-                .machine
-                .get_machine_status(client.request(message))
-                .await?
-                .into_inner();
+            let status = client.get_machine_status(machine).await?;
             Outcome::Status {
                 machine: name,
-                provider_id: response.provider_id,
-                node_name: response.node_name,
+                provider_id: status.provider_id,
+                node_name: status.node_name,
             }
         }
         MachineAction::List => {
-            let message = ListMachinesRequest {
-                provider_spec,
-                secrets,
-            };
-            let response = client
-                .machine
-                .list_machines(client.request(message))
-                .await?
-                .into_inner();
+            let listed = client.list_machines(&provider_spec, &secrets).await?;
             Outcome::Listed {
-                machines: response.machine_list.into_iter().collect(),
+                machines: listed.into_iter().collect(),
             }
         }
         MachineAction::Shutdown => {
-            let message = ShutDownMachineRequest {
-                machine_name: name.clone(),
-                provider_spec,
-                secrets,
-                provider_id,
-                ..Default::default()
-            };
-            client
-                .machine
-                .shut_down_machine(client.request(message))
-                .await?;
+            client.shut_down_machine(machine).await?;
             Outcome::ShutDown { machine: name }
         }
         MachineAction::Delete => {
-            let message = DeleteMachineRequest {
-                machine_name: name.clone(),
-                provider_spec,
-                secrets,
-                provider_id,
-                ..Default::default()
-            };
-            client
-                .machine
-                .delete_machine(client.request(message))
-                .await?;
+            client.delete_machine(machine).await?;
             Outcome::Deleted { machine: name }
         }
     };
@@ -413,8 +363,10 @@ mod tests {
 
     use super::*;
     use crate::cmi::v1::{
-        CreateMachineResponse, DeleteMachineResponse, GetMachineStatusResponse,
-        GetVolumeIDsRequest, GetVolumeIDsResponse, ListMachinesResponse, ShutDownMachineResponse,
+        CreateMachineRequest, CreateMachineResponse, DeleteMachineRequest, DeleteMachineResponse,
+        GetMachineStatusRequest, GetMachineStatusResponse, GetVolumeIDsRequest,
+        GetVolumeIDsResponse, ListMachinesRequest, ListMachinesResponse, ShutDownMachineRequest,
+        ShutDownMachineResponse,
         machine_server::{Machine, MachineServer},
     };
 

@@ -23,11 +23,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Parser;
+use metal_driver::cmi::calls::{CallError, MachineRef};
 use metal_driver::cmi::client::CmiClient;
-use metal_driver::cmi::v1::{
-    CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest, ListMachinesRequest,
-    ProbeRequest, ShutDownMachineRequest,
-};
 use metal_driver::metal::DeviceCreateInput;
 use metal_driver::sim::{self, DEFAULT_PROJECT, DEFAULT_TOKEN, Fault, SimArgs, SimHandle};
 use serde_json::{Value, json};
@@ -481,37 +478,49 @@ async fn connect(driver: &Driver) -> CmiClient {
         .expect("connects to the driver")
 }
 
-async fn create(cmi: &CmiClient, name: &str) -> Result<String, tonic::Status> {
-    cmi.machine
-        .clone()
-        .create_machine(cmi.request(CreateMachineRequest {
-            machine_name: name.into(),
-            provider_spec: spec_bytes(),
-            secrets: secrets(),
-            last_known_state: Vec::new(),
-        }))
-        .await
-        .map(|r| r.into_inner().provider_id)
+/// A machine of the bench's class, owned, for the typed calls.
+#[derive(Clone)]
+struct BenchMachine {
+    name: String,
+    provider_id: String,
+    spec: Vec<u8>,
+    secrets: HashMap<String, Vec<u8>>,
 }
 
-fn status_request(name: &str, provider_id: &str) -> GetMachineStatusRequest {
-    GetMachineStatusRequest {
-        machine_name: name.into(),
-        provider_spec: spec_bytes(),
-        secrets: secrets(),
-        provider_id: provider_id.into(),
+impl BenchMachine {
+    fn new(name: &str, provider_id: &str) -> Self {
+        Self {
+            name: name.into(),
+            provider_id: provider_id.into(),
+            spec: spec_bytes(),
+            secrets: secrets(),
+        }
+    }
+
+    fn machine(&self) -> MachineRef<'_> {
+        MachineRef::new(&self.name, &self.spec, &self.secrets).with_provider_id(&self.provider_id)
     }
 }
 
-async fn list(cmi: &CmiClient) -> Result<usize, tonic::Status> {
-    cmi.machine
-        .clone()
-        .list_machines(cmi.request(ListMachinesRequest {
-            provider_spec: spec_bytes(),
-            secrets: secrets(),
-        }))
+async fn create(cmi: &CmiClient, name: &str) -> Result<String, CallError> {
+    let machine = BenchMachine::new(name, "");
+    cmi.create_machine(machine.machine())
         .await
-        .map(|r| r.into_inner().machine_list.len())
+        .map(|created| created.provider_id)
+}
+
+async fn list(cmi: &CmiClient) -> Result<usize, CallError> {
+    cmi.list_machines(&spec_bytes(), &secrets())
+        .await
+        .map(|listed| listed.len())
+}
+
+/// A call's result as the tables print it: `OK` or the code.
+fn outcome<T>(r: &Result<T, CallError>) -> String {
+    match r {
+        Ok(_) => "OK".into(),
+        Err(e) => format!("{:?}", e.code()),
+    }
 }
 
 fn provider_id_of(name: &str, sim: &Sim) -> String {
@@ -535,7 +544,7 @@ enum Op {
     },
     Status {
         cmi: CmiClient,
-        req: Box<GetMachineStatusRequest>,
+        machine: Box<BenchMachine>,
     },
     /// Identity.Probe: the gRPC hop alone, no API call.
     Probe {
@@ -561,20 +570,16 @@ impl Op {
                     Err(format!("http {}", status.as_u16()))
                 }
             }
-            Op::Status { cmi, req } => cmi
-                .machine
-                .clone()
-                .get_machine_status(cmi.request(GetMachineStatusRequest::clone(req)))
+            Op::Status { cmi, machine } => cmi
+                .get_machine_status(machine.machine())
                 .await
                 .map(drop)
-                .map_err(|s| format!("{:?}", s.code())),
+                .map_err(|e| format!("{:?}", e.code())),
             Op::Probe { cmi } => cmi
-                .identity
-                .clone()
-                .probe(cmi.request(ProbeRequest {}))
+                .probe()
                 .await
                 .map(drop)
-                .map_err(|s| format!("{:?}", s.code())),
+                .map_err(|e| format!("{:?}", e.code())),
         }
     }
 }
@@ -682,7 +687,7 @@ fn latency(ctx: &Ctx, report: &mut Report) {
         let probe = Op::Probe { cmi: cmi.clone() };
         let via = Op::Status {
             cmi,
-            req: Box::new(status_request(name, &provider_id)),
+            machine: Box::new(BenchMachine::new(name, &provider_id)),
         };
         for concurrency in [1usize, 64] {
             let n = match (ctx.quick, concurrency) {
@@ -802,7 +807,7 @@ fn throughput(ctx: &Ctx, report: &mut Report) {
         let cmi = connect(&driver).await;
         let via = Op::Status {
             cmi,
-            req: Box::new(status_request(name, &provider_id)),
+            machine: Box::new(BenchMachine::new(name, &provider_id)),
         };
         run_for(CALLERS, Duration::from_secs(1), &via).await;
         let (mut rps, mut p50, mut p99, mut errs) =
@@ -1013,11 +1018,6 @@ fn api_calls(ctx: &Ctx, report: &mut Report) {
                         outcome,
                     ]);
                 };
-            let outcome = |r: &Result<String, tonic::Status>| match r {
-                Ok(_) => "OK".to_string(),
-                Err(s) => format!("{:?}", s.code()),
-            };
-
             let b = sim.requests();
             let created = create(&cmi, "bench-calls-0").await;
             row("CreateMachine, fresh", "≤ 2", b, outcome(&created));
@@ -1043,72 +1043,27 @@ fn api_calls(ctx: &Ctx, report: &mut Report) {
             );
 
             let b = sim.requests();
-            let st = cmi
-                .machine
-                .clone()
-                .get_machine_status(cmi.request(status_request("bench-calls-0", &pid)))
-                .await;
-            row(
-                "GetMachineStatus (ProviderID)",
-                "1",
-                b,
-                st.map(|_| "OK".into())
-                    .unwrap_or_else(|s| format!("{:?}", s.code())),
-            );
+            let machine = BenchMachine::new("bench-calls-0", &pid);
+            let st = cmi.get_machine_status(machine.machine()).await;
+            row("GetMachineStatus (ProviderID)", "1", b, outcome(&st));
 
             let b = sim.requests();
-            let st = cmi
-                .machine
-                .clone()
-                .get_machine_status(cmi.request(status_request("bench-calls-0", "")))
-                .await;
+            let by_name = BenchMachine::new("bench-calls-0", "");
+            let st = cmi.get_machine_status(by_name.machine()).await;
             row(
                 "GetMachineStatus (no ProviderID: lookup)",
                 "1",
                 b,
-                st.map(|_| "OK".into())
-                    .unwrap_or_else(|s| format!("{:?}", s.code())),
+                outcome(&st),
             );
 
             let b = sim.requests();
-            let sd = cmi
-                .machine
-                .clone()
-                .shut_down_machine(cmi.request(ShutDownMachineRequest {
-                    machine_name: "bench-calls-0".into(),
-                    provider_spec: spec_bytes(),
-                    secrets: secrets(),
-                    provider_id: pid.clone(),
-                    last_known_state: Vec::new(),
-                }))
-                .await;
-            row(
-                "ShutDownMachine (ProviderID)",
-                "—",
-                b,
-                sd.map(|_| "OK".into())
-                    .unwrap_or_else(|s| format!("{:?}", s.code())),
-            );
+            let sd = cmi.shut_down_machine(machine.machine()).await;
+            row("ShutDownMachine (ProviderID)", "—", b, outcome(&sd));
 
             let b = sim.requests();
-            let del = cmi
-                .machine
-                .clone()
-                .delete_machine(cmi.request(DeleteMachineRequest {
-                    machine_name: "bench-calls-0".into(),
-                    provider_spec: spec_bytes(),
-                    secrets: secrets(),
-                    provider_id: pid.clone(),
-                    last_known_state: Vec::new(),
-                }))
-                .await;
-            row(
-                "DeleteMachine (ProviderID)",
-                "1",
-                b,
-                del.map(|_| "OK".into())
-                    .unwrap_or_else(|s| format!("{:?}", s.code())),
-            );
+            let del = cmi.delete_machine(machine.machine()).await;
+            row("DeleteMachine (ProviderID)", "1", b, outcome(&del));
         });
     }
     report.table(
@@ -1198,11 +1153,7 @@ fn list_scale(ctx: &Ctx, report: &mut Report) {
             let driver = Driver::start(ctx, &sim.url(), &[], &format!("list-scale-{ours}-{round}"));
             ctx.rt.block_on(async {
                 let cmi = connect(&driver).await;
-                let _ = cmi
-                    .identity
-                    .clone()
-                    .probe(cmi.request(ProbeRequest {}))
-                    .await;
+                let _ = cmi.probe().await;
                 idle.push(driver.hwm_mb());
                 let before = sim
                     .requests()
@@ -1318,11 +1269,11 @@ fn create_storm(ctx: &Ctx, report: &mut Report) {
                         for _ in 0..2_000 {
                             match create(&cmi, &name).await {
                                 Ok(pid) => return (Ok(pid), retries),
-                                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted) => {
+                                Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Aborted) => {
                                     retries += 1;
                                     tokio::time::sleep(Duration::from_millis(50 + (i as u64 % 50))).await;
                                 }
-                                Err(s) => return (Err(format!("{:?}", s.code())), retries),
+                                Err(e) => return (Err(format!("{:?}", e.code())), retries),
                             }
                         }
                         (Err("gave up".to_string()), retries)
@@ -1447,12 +1398,8 @@ fn footprint(ctx: &Ctx, report: &mut Report) {
             // Poll Probe until ready=true; bounded.
             for _ in 0..1_000 {
                 if let Ok(cmi) = CmiClient::connect(&driver.endpoint, Duration::from_secs(2)).await
-                    && let Ok(r) = cmi
-                        .identity
-                        .clone()
-                        .probe(cmi.request(ProbeRequest {}))
-                        .await
-                    && r.into_inner().ready.unwrap_or(false)
+                    && let Ok(ready) = cmi.probe().await
+                    && ready.unwrap_or(false)
                 {
                     return Some(driver.spawned_at.elapsed());
                 }

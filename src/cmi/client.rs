@@ -1,5 +1,6 @@
 //! A typed CMI client over TCP or a unix socket, used by the controller, the `machine` CLI,
-//! the demo and the tests. Every call carries a deadline so a hung driver cannot hang us.
+//! the demo and the tests: connecting (plaintext or TLS) here, the calls in
+//! [`super::calls`]. Every call carries a deadline so a hung driver cannot hang us.
 
 use std::{
     fmt,
@@ -18,11 +19,11 @@ use super::{
     v1::{identity_client::IdentityClient, machine_client::MachineClient},
 };
 
-/// Both CMI services on one channel.
+/// Both CMI services on one channel. Cheap to clone (the channel is shared).
 #[derive(Clone)]
 pub struct CmiClient {
-    pub identity: IdentityClient<Channel>,
-    pub machine: MachineClient<Channel>,
+    pub(super) identity: IdentityClient<Channel>,
+    pub(super) machine: MachineClient<Channel>,
     timeout: Duration,
 }
 
@@ -135,7 +136,7 @@ impl ClientTls {
 
 impl CmiClient {
     /// Connects to `endpoint` (`tcp://HOST:PORT` or `unix:///PATH`). `timeout` bounds every
-    /// call made through [`CmiClient::request`].
+    /// call.
     pub async fn connect(endpoint: &str, timeout: Duration) -> Result<Self, ClientError> {
         Self::connect_tls(endpoint, timeout, None).await
     }
@@ -200,6 +201,8 @@ impl CmiClient {
         Ok(Self::from_channel(channel, timeout))
     }
 
+    /// Over a channel that is already set up (the in-process driver, tests); `timeout`
+    /// bounds every call.
     pub fn from_channel(channel: Channel, timeout: Duration) -> Self {
         Self {
             identity: IdentityClient::new(channel.clone()),
@@ -209,7 +212,7 @@ impl CmiClient {
     }
 
     /// Wraps a message in a request carrying this client's deadline (`grpc-timeout`).
-    pub fn request<T>(&self, message: T) -> Request<T> {
+    pub(super) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
         request

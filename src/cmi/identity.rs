@@ -5,26 +5,14 @@ use tonic::{Request, Response, Status};
 use super::{
     PLUGIN_NAME, PLUGIN_VERSION,
     observe::observed,
+    rpc::Rpc,
     v1::{
         GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
         GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse, identity_server,
-        plugin_capability::{self, rpc::Type as RpcType},
+        plugin_capability,
     },
 };
 use crate::telemetry::{Metrics, admin::Readiness};
-
-const SERVICE: &str = "cmi.v1.Identity";
-
-/// Every RPC we implement, advertised as CMI requires (an optional RPC MUST be advertised
-/// iff implemented).
-pub const CAPABILITIES: [RpcType; 6] = [
-    RpcType::CreateMachine,
-    RpcType::DeleteMachine,
-    RpcType::GetMachineStatus,
-    RpcType::ListMachines,
-    RpcType::ShutdownMachine,
-    RpcType::GetVolumeIds,
-];
 
 pub struct IdentityService {
     readiness: Readiness,
@@ -43,7 +31,7 @@ impl identity_server::Identity for IdentityService {
         &self,
         _request: Request<GetPluginInfoRequest>,
     ) -> Result<Response<GetPluginInfoResponse>, Status> {
-        observed(&self.metrics, SERVICE, "GetPluginInfo", "", async {
+        observed(&self.metrics, Rpc::GetPluginInfo, "", async {
             Ok(Response::new(GetPluginInfoResponse {
                 name: PLUGIN_NAME.to_owned(),
                 version: PLUGIN_VERSION.to_owned(),
@@ -57,12 +45,15 @@ impl identity_server::Identity for IdentityService {
         &self,
         _request: Request<GetPluginCapabilitiesRequest>,
     ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
-        observed(&self.metrics, SERVICE, "GetPluginCapabilities", "", async {
-            let capabilities = CAPABILITIES
-                .iter()
+        observed(&self.metrics, Rpc::GetPluginCapabilities, "", async {
+            // We implement every Machine RPC, and CMI says an optional RPC is advertised
+            // iff it is implemented: so each one's capability.
+            let capabilities = Rpc::ALL
+                .into_iter()
+                .filter_map(Rpc::capability)
                 .map(|t| PluginCapability {
                     r#type: Some(plugin_capability::Type::Rpc(plugin_capability::Rpc {
-                        r#type: *t as i32,
+                        r#type: t as i32,
                     })),
                 })
                 .collect();
@@ -77,7 +68,7 @@ impl identity_server::Identity for IdentityService {
         &self,
         _request: Request<ProbeRequest>,
     ) -> Result<Response<ProbeResponse>, Status> {
-        observed(&self.metrics, SERVICE, "Probe", "", async {
+        observed(&self.metrics, Rpc::Probe, "", async {
             if self.readiness.get() {
                 Ok(Response::new(ProbeResponse { ready: Some(true) }))
             } else {

@@ -128,10 +128,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        cmi::{
-            client::CmiClient,
-            v1::{GetPluginInfoRequest, ListMachinesRequest, ProbeRequest},
-        },
+        cmi::client::CmiClient,
         provider::{ProviderConfig, fake::FakeApi},
     };
 
@@ -150,28 +147,14 @@ mod tests {
         );
         let client = CmiClient::from_channel(driver.channel(), Duration::from_secs(5));
 
-        let probe = client
-            .identity
-            .clone()
-            .probe(client.request(ProbeRequest {}))
-            .await
-            .expect("Probe")
-            .into_inner();
-        assert_eq!(probe.ready, Some(true));
-        let info = client
-            .identity
-            .clone()
-            .get_plugin_info(client.request(GetPluginInfoRequest {}))
-            .await
-            .expect("GetPluginInfo")
-            .into_inner();
+        let ready = client.probe().await.expect("Probe");
+        assert_eq!(ready, Some(true));
+        let info = client.get_plugin_info().await.expect("GetPluginInfo");
         assert_eq!(info.name, crate::cmi::PLUGIN_NAME);
         // A Machine call reaches the provider: an empty request is refused by its validation,
         // which proves the call went through the real service.
         let status = client
-            .machine
-            .clone()
-            .list_machines(client.request(ListMachinesRequest::default()))
+            .list_machines(&[], &Default::default())
             .await
             .expect_err("ListMachines without a class is invalid");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
@@ -186,11 +169,7 @@ mod tests {
 
         stop.cancel();
         driver.wait().await.expect("clean stop");
-        let after = client
-            .identity
-            .clone()
-            .probe(client.request(ProbeRequest {}))
-            .await;
+        let after = client.probe().await;
         assert!(after.is_err(), "a stopped driver answers nothing");
     }
 }

@@ -1,12 +1,15 @@
-//! `cmi.v1.Machine`: decode the request, call the provider, encode the answer. Nothing else
-//! happens here; every decision is in `crate::provider` and every code in `super::status`.
+//! `cmi.v1.Machine`: decode the request ([`super::decode`]), call the provider, encode the
+//! answer. Nothing else happens here; every decision is in `crate::provider` and every code
+//! in `super::status`.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::{
-    observe::{deadline, observed},
+    decode,
+    observe::observed,
+    rpc::Rpc,
     v1::{
         CreateMachineRequest, CreateMachineResponse, DeleteMachineRequest, DeleteMachineResponse,
         GetMachineStatusRequest, GetMachineStatusResponse, GetVolumeIDsRequest,
@@ -14,26 +17,7 @@ use super::{
         ShutDownMachineResponse, machine_server,
     },
 };
-use crate::{
-    metal::DeviceApi,
-    provider::{ListRequest, MachineRequest, Provider},
-    telemetry::Metrics,
-};
-
-const SERVICE: &str = "cmi.v1.Machine";
-
-/// Moves the fields every per-machine request shares into the provider's request type.
-macro_rules! machine_request {
-    ($msg:expr, $deadline:expr, provider_id: $pid:expr) => {
-        MachineRequest {
-            machine_name: $msg.machine_name,
-            provider_spec: $msg.provider_spec,
-            secrets: $msg.secrets,
-            provider_id: $pid,
-            deadline: $deadline,
-        }
-    };
-}
+use crate::{metal::DeviceApi, provider::Provider, telemetry::Metrics};
 
 pub struct MachineService<A> {
     provider: Arc<Provider<A>>,
@@ -52,14 +36,10 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         &self,
         request: Request<CreateMachineRequest>,
     ) -> Result<Response<CreateMachineResponse>, Status> {
-        let deadline = deadline(&request);
-        let r = request.into_inner();
-        let name = r.machine_name.clone();
-        observed(&self.metrics, SERVICE, "CreateMachine", &name, async {
-            let info = self
-                .provider
-                .create_machine(machine_request!(r, deadline, provider_id: String::new()))
-                .await?;
+        let input = decode::machine(request);
+        let name = input.machine_name.clone();
+        observed(&self.metrics, Rpc::CreateMachine, &name, async {
+            let info = self.provider.create_machine(input).await?;
             Ok(Response::new(CreateMachineResponse {
                 provider_id: info.provider_id,
                 node_name: info.node_name,
@@ -73,13 +53,10 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         &self,
         request: Request<DeleteMachineRequest>,
     ) -> Result<Response<DeleteMachineResponse>, Status> {
-        let deadline = deadline(&request);
-        let r = request.into_inner();
-        let name = r.machine_name.clone();
-        observed(&self.metrics, SERVICE, "DeleteMachine", &name, async {
-            self.provider
-                .delete_machine(machine_request!(r, deadline, provider_id: r.provider_id))
-                .await?;
+        let input = decode::machine(request);
+        let name = input.machine_name.clone();
+        observed(&self.metrics, Rpc::DeleteMachine, &name, async {
+            self.provider.delete_machine(input).await?;
             Ok(Response::new(DeleteMachineResponse {
                 last_known_state: Vec::new(),
             }))
@@ -91,14 +68,10 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         &self,
         request: Request<GetMachineStatusRequest>,
     ) -> Result<Response<GetMachineStatusResponse>, Status> {
-        let deadline = deadline(&request);
-        let r = request.into_inner();
-        let name = r.machine_name.clone();
-        observed(&self.metrics, SERVICE, "GetMachineStatus", &name, async {
-            let info = self
-                .provider
-                .get_machine_status(machine_request!(r, deadline, provider_id: r.provider_id))
-                .await?;
+        let input = decode::machine(request);
+        let name = input.machine_name.clone();
+        observed(&self.metrics, Rpc::GetMachineStatus, &name, async {
+            let info = self.provider.get_machine_status(input).await?;
             Ok(Response::new(GetMachineStatusResponse {
                 provider_id: info.provider_id,
                 node_name: info.node_name,
@@ -111,17 +84,9 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         &self,
         request: Request<ListMachinesRequest>,
     ) -> Result<Response<ListMachinesResponse>, Status> {
-        let deadline = deadline(&request);
-        let r = request.into_inner();
-        observed(&self.metrics, SERVICE, "ListMachines", "", async {
-            let machines = self
-                .provider
-                .list_machines(ListRequest {
-                    provider_spec: r.provider_spec,
-                    secrets: r.secrets,
-                    deadline,
-                })
-                .await?;
+        let input = decode::list(request);
+        observed(&self.metrics, Rpc::ListMachines, "", async {
+            let machines = self.provider.list_machines(input).await?;
             Ok(Response::new(ListMachinesResponse {
                 machine_list: machines.into_iter().collect(),
             }))
@@ -133,13 +98,10 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         &self,
         request: Request<ShutDownMachineRequest>,
     ) -> Result<Response<ShutDownMachineResponse>, Status> {
-        let deadline = deadline(&request);
-        let r = request.into_inner();
-        let name = r.machine_name.clone();
-        observed(&self.metrics, SERVICE, "ShutDownMachine", &name, async {
-            self.provider
-                .shutdown_machine(machine_request!(r, deadline, provider_id: r.provider_id))
-                .await?;
+        let input = decode::machine(request);
+        let name = input.machine_name.clone();
+        observed(&self.metrics, Rpc::ShutDownMachine, &name, async {
+            self.provider.shutdown_machine(input).await?;
             Ok(Response::new(ShutDownMachineResponse {
                 last_known_state: Vec::new(),
             }))
@@ -152,7 +114,7 @@ impl<A: DeviceApi> machine_server::Machine for MachineService<A> {
         request: Request<GetVolumeIDsRequest>,
     ) -> Result<Response<GetVolumeIDsResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.metrics, SERVICE, "GetVolumeIDs", "", async {
+        observed(&self.metrics, Rpc::GetVolumeIds, "", async {
             let volume_i_ds = self.provider.get_volume_ids(&r.pv_spec_list)?;
             Ok(Response::new(GetVolumeIDsResponse { volume_i_ds }))
         })

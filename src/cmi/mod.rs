@@ -1,16 +1,23 @@
 //! The Common Machine Interface (`cmi.v1`) on the wire: generated types, the thin tonic
-//! services, the error-to-code table, the endpoint parser and a typed client.
+//! services, the RPC and code-name tables, the error-to-code table, the endpoint parser and
+//! a typed client.
 
+pub mod calls;
 pub mod client;
+pub mod codes;
+pub mod decode;
 pub mod endpoint;
 pub mod identity;
 pub mod in_process;
 pub mod machine;
 pub mod observe;
 pub mod redact;
+pub mod rpc;
 pub mod server;
 pub mod shed;
 pub mod status;
+
+pub use rpc::{RetryClass, Rpc};
 
 /// Generated from `proto/cmi/v1/cmi.proto` by `build.rs` (protox, no system protoc).
 pub mod v1 {

@@ -8,7 +8,7 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cmi::{client::CmiClient, v1::plugin_capability::rpc::Type as RpcType},
+    cmi::{Rpc, client::CmiClient},
     telemetry::Metrics,
 };
 
@@ -55,11 +55,11 @@ pub struct Config {
 
 /// The driver's advertised RPCs (GetPluginCapabilities at start-up).
 #[derive(Debug, Clone, Default)]
-pub struct Capabilities(pub HashSet<RpcType>);
+pub struct Capabilities(pub HashSet<Rpc>);
 
 impl Capabilities {
     /// Whether the driver advertised `rpc`.
-    pub fn has(&self, rpc: RpcType) -> bool {
+    pub fn has(&self, rpc: Rpc) -> bool {
         self.0.contains(&rpc)
     }
 }

@@ -34,9 +34,7 @@ use kube::{
 use serde_json::json;
 use tonic::Code;
 
-use crate::cmi::v1::{
-    DeleteMachineRequest, GetMachineStatusRequest, plugin_capability::rpc::Type as RpcType,
-};
+use crate::cmi::{Rpc, calls::MachineRef};
 
 use super::{
     context::Context,
@@ -346,24 +344,19 @@ async fn get_vm_status(m: &Machine, ctx: &Context, input: &DriverInput) -> Resul
         .map(|n| n.name_any());
     let found = match labelled {
         Some(n) => Ok(n),
-        None if !ctx.capabilities.has(RpcType::GetMachineStatus) => Err((
+        None if !ctx.capabilities.has(Rpc::GetMachineStatus) => Err((
             Code::Unimplemented,
             "GetMachineStatus not offered".to_owned(),
         )),
         None => {
-            let request = GetMachineStatusRequest {
-                machine_name: m.name_any(),
-                provider_spec: input.provider_spec.clone(),
-                secrets: input.secrets.to_cmi(),
-                provider_id: m.provider_id().unwrap_or_default().to_owned(),
-            };
+            let (name, secrets) = (m.name_any(), input.secrets.to_cmi());
+            let machine = MachineRef::new(&name, &input.provider_spec, &secrets)
+                .with_provider_id(m.provider_id().unwrap_or_default());
             ctx.cmi
-                .machine
-                .clone()
-                .get_machine_status(ctx.cmi.request(request))
+                .get_machine_status(machine)
                 .await
-                .map(|r| r.into_inner().node_name)
-                .map_err(|s| (s.code(), s.message().to_owned()))
+                .map(|r| r.node_name)
+                .map_err(|e| (e.code(), e.message().to_owned()))
         }
     };
     match found {
@@ -514,24 +507,15 @@ fn wait_in_step(m: &Machine, after: Duration) -> Outcome {
 
 /// MCM's `deleteVM`.
 async fn delete_vm(m: &Machine, ctx: &Context, input: &DriverInput) -> Outcome {
-    let request = DeleteMachineRequest {
-        machine_name: m.name_any(),
-        provider_spec: input.provider_spec.clone(),
-        secrets: input.secrets.to_cmi(),
-        provider_id: m.provider_id().unwrap_or_default().to_owned(),
-        last_known_state: m.last_known_state().as_bytes().to_vec(),
-    };
-    match ctx
-        .cmi
-        .machine
-        .clone()
-        .delete_machine(ctx.cmi.request(request))
-        .await
-    {
-        Ok(resp) => {
+    let (name, secrets) = (m.name_any(), input.secrets.to_cmi());
+    let machine = MachineRef::new(&name, &input.provider_spec, &secrets)
+        .with_provider_id(m.provider_id().unwrap_or_default())
+        .with_last_known_state(m.last_known_state().as_bytes());
+    match ctx.cmi.delete_machine(machine).await {
+        Ok(last_known_state) => {
             tracing::info!(machine = %m.name_any(), "machine deleted on cloud provider");
             machine_metrics::record_deleted(&ctx.metrics.mcm, m, &input.class, Timestamp::now());
-            let lks = String::from_utf8_lossy(&resp.into_inner().last_known_state).into_owned();
+            let lks = String::from_utf8_lossy(&last_known_state).into_owned();
             Outcome {
                 last_known_state: Some(lks).filter(|s| !s.is_empty()),
                 ..Outcome::next(format!(
@@ -540,14 +524,14 @@ async fn delete_vm(m: &Machine, ctx: &Context, input: &DriverInput) -> Outcome {
                 ))
             }
         }
-        Err(s) if s.code() == Code::NotFound => Outcome::next(format!(
+        Err(e) if e.code() == Code::NotFound => Outcome::next(format!(
             "VM not found. Continuing deletion flow. {}",
             step::INITIATE_NODE_DELETION
         )),
-        Err(s) => {
-            let error = status::machine_codes_error(s.code(), s.message());
-            let retry = ctx.config.retry.after_delete_error(s.code());
-            let how = if status::is_transient(s.code()) {
+        Err(e) => {
+            let error = status::machine_codes_error(e.code(), e.message());
+            let retry = ctx.config.retry.after_delete_error(e.code());
+            let how = if status::is_transient(e.code()) {
                 "However, will re-try in the next resync."
             } else {
                 "Aborting operation."

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use kube::runtime::finalizer;
-use tonic::Code;
 
 use super::status::{self, RetryPeriods};
+use crate::cmi::{Rpc, calls::CallError, codes::code_name};
 
 /// A failed reconcile, or a failure to start.
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +25,11 @@ pub enum Error {
         source: kube::Error,
     },
 
-    /// The driver answered a CMI call with an error status. Retried per MCM's table for
-    /// the RPC (create-flow or delete-flow periods).
-    #[error("{rpc} failed: {}", status::machine_codes_error(*code, message))]
-    Cmi {
-        /// The RPC (`DeleteMachine`, …).
-        rpc: &'static str,
-        /// The gRPC code.
-        code: Code,
-        /// The driver's message (drivers redact secrets from it).
-        message: String,
-    },
+    /// The driver answered a CMI call with an error status (its message is the driver's,
+    /// which drivers keep free of secrets). Retried per the RPC's table in MCM
+    /// ([`Rpc::retry_class`]: create-flow or delete-flow periods).
+    #[error("{} failed: {}", .0.rpc(), status::machine_codes_error(.0.code(), .0.message()))]
+    Cmi(CallError),
 
     /// `spec.class` does not name a MachineClass; nothing happens until the Machine changes.
     #[error("spec.class must refer to a MachineClass by name (kind {kind:?}, name {name:?})")]
@@ -77,7 +71,7 @@ pub enum Error {
     #[error("the driver's {rpc} answer lacks {field}")]
     IncompleteResponse {
         /// The RPC.
-        rpc: &'static str,
+        rpc: Rpc,
         /// The missing field.
         field: &'static str,
     },
@@ -135,15 +129,6 @@ impl Error {
         move |source| Self::Kube { action, source }
     }
 
-    /// A CMI failure of `rpc`.
-    pub fn cmi(rpc: &'static str, status: &tonic::Status) -> Self {
-        Self::Cmi {
-            rpc,
-            code: status.code(),
-            message: status.message().to_owned(),
-        }
-    }
-
     /// How long to wait before reconciling again.
     pub fn retry_after(&self, periods: &RetryPeriods) -> Duration {
         match self {
@@ -154,12 +139,7 @@ impl Error {
                     periods.short
                 }
             }
-            Self::Cmi {
-                rpc: "DeleteMachine",
-                code,
-                ..
-            } => periods.after_delete_error(*code),
-            Self::Cmi { code, .. } => periods.after_create_error(*code),
+            Self::Cmi(e) => periods.after_error(e.rpc().retry_class(), e.code()),
             Self::InvalidClassRef { .. } => periods.long,
             Self::ClassNotFound { .. }
             | Self::MissingUserData { .. }
@@ -191,7 +171,7 @@ impl Error {
         match self {
             Self::Kube { source, .. } if is_conflict(source) => "kube_conflict".into(),
             Self::Kube { .. } => "kube_api".into(),
-            Self::Cmi { code, .. } => format!("cmi_{}", status::code_name(*code)),
+            Self::Cmi(e) => format!("cmi_{}", code_name(e.code())),
             Self::InvalidClassRef { .. } => "invalid_class_ref".into(),
             Self::ClassNotFound { .. } => "class_not_found".into(),
             Self::MissingUserData { .. } => "missing_user_data".into(),
@@ -226,21 +206,15 @@ pub fn is_not_found(e: &kube::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
     use super::*;
 
     #[test]
     fn delete_and_create_use_their_own_rows() {
         let p = RetryPeriods::default();
-        let del = Error::Cmi {
-            rpc: "DeleteMachine",
-            code: Code::Internal,
-            message: String::new(),
-        };
-        let create = Error::Cmi {
-            rpc: "CreateMachine",
-            code: Code::Internal,
-            message: String::new(),
-        };
+        let del = Error::Cmi(CallError::new(Rpc::DeleteMachine, Code::Internal, ""));
+        let create = Error::Cmi(CallError::new(Rpc::CreateMachine, Code::Internal, ""));
         assert_eq!(del.retry_after(&p), p.long);
         assert_eq!(create.retry_after(&p), p.medium);
         assert_eq!(create.metric_label(), "cmi_Internal");

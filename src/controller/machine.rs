@@ -44,8 +44,9 @@ use kube::{
 use serde_json::json;
 use tonic::Code;
 
-use crate::cmi::v1::{
-    CreateMachineRequest, GetMachineStatusRequest, plugin_capability::rpc::Type as RpcType,
+use crate::cmi::{
+    Rpc,
+    calls::{CallError, MachineRef},
 };
 
 use super::{
@@ -278,21 +279,18 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
 }
 
 /// Records a failed create-flow call and picks the retry period.
-async fn create_failed(
-    m: &Machine,
-    ctx: &Context,
-    rpc: &'static str,
-    code: Code,
-    message: &str,
-) -> Result<Action> {
+async fn create_failed(m: &Machine, ctx: &Context, failure: CallError) -> Result<Action> {
     let (creation_timeout, _) = health::timeouts(m, &ctx.config);
     let created = m.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    let update = status::create_failed(code, message, Timestamp::now(), created, creation_timeout);
-    let error = Error::Cmi {
-        rpc,
+    let code = failure.code();
+    let update = status::create_failed(
         code,
-        message: message.to_owned(),
-    };
+        failure.message(),
+        Timestamp::now(),
+        created,
+        creation_timeout,
+    );
+    let error = Error::Cmi(failure);
     ctx.metrics
         .controller
         .failed("machine", error.metric_label());
@@ -334,29 +332,16 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
     //    that lookup (it adopts the machine's device when one exists and never creates a
     //    second), so asking first would cost every new machine a second list call.
     let mut found = None;
-    if !spec_provider_id.is_empty() && ctx.capabilities.has(RpcType::GetMachineStatus) {
-        let request = GetMachineStatusRequest {
-            machine_name: name.clone(),
-            provider_spec: provider_spec.clone(),
-            secrets: secrets.clone(),
-            provider_id: spec_provider_id.clone(),
-        };
-        match ctx
-            .cmi
-            .machine
-            .clone()
-            .get_machine_status(ctx.cmi.request(request))
-            .await
-        {
+    if !spec_provider_id.is_empty() && ctx.capabilities.has(Rpc::GetMachineStatus) {
+        let machine =
+            MachineRef::new(&name, &provider_spec, &secrets).with_provider_id(&spec_provider_id);
+        match ctx.cmi.get_machine_status(machine).await {
             Ok(resp) => {
-                let resp = resp.into_inner();
                 tracing::info!(machine = %name, provider_id = %resp.provider_id, "found existing device; adopting it");
                 found = Some((resp.provider_id, resp.node_name, None));
             }
-            Err(s) if matches!(s.code(), Code::NotFound | Code::Unimplemented) => {}
-            Err(s) => {
-                return create_failed(m, ctx, "GetMachineStatus", s.code(), s.message()).await;
-            }
+            Err(e) if matches!(e.code(), Code::NotFound | Code::Unimplemented) => {}
+            Err(e) => return create_failed(m, ctx, e).await,
         }
     }
     let (provider_id, node_name, last_known_state) = match found {
@@ -371,30 +356,17 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
             if let Some(target) = &ctx.target {
                 add_bootstrap_token(m, ctx, target, &mut secrets).await?;
             }
-            let request = CreateMachineRequest {
-                machine_name: name.clone(),
-                provider_spec: provider_spec.clone(),
-                secrets,
-                last_known_state: m.last_known_state().as_bytes().to_vec(),
-            };
+            let machine = MachineRef::new(&name, &provider_spec, &secrets)
+                .with_last_known_state(m.last_known_state().as_bytes());
             tracing::info!(machine = %name, class = %class.name_any(), "creating machine on cloud provider");
-            match ctx
-                .cmi
-                .machine
-                .clone()
-                .create_machine(ctx.cmi.request(request))
-                .await
-            {
+            match ctx.cmi.create_machine(machine).await {
                 Ok(resp) => {
-                    let resp = resp.into_inner();
                     tracing::info!(machine = %name, provider_id = %resp.provider_id, node = %resp.node_name, "machine created");
                     machine_metrics::record_created(&ctx.metrics.mcm, m, class, Timestamp::now());
                     let lks = String::from_utf8_lossy(&resp.last_known_state).into_owned();
                     (resp.provider_id, resp.node_name, Some(lks))
                 }
-                Err(s) => {
-                    return create_failed(m, ctx, "CreateMachine", s.code(), s.message()).await;
-                }
+                Err(e) => return create_failed(m, ctx, e).await,
             }
         }
     };
@@ -405,9 +377,10 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
             "NodeName"
         };
         let message = format!("driver returned an empty {field}");
-        create_failed(m, ctx, "CreateMachine", Code::Internal, &message).await?;
+        let failure = CallError::new(Rpc::CreateMachine, Code::Internal, message);
+        create_failed(m, ctx, failure).await?;
         return Err(Error::IncompleteResponse {
-            rpc: "CreateMachine",
+            rpc: Rpc::CreateMachine,
             field,
         });
     }

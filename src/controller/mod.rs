@@ -54,13 +54,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cmi::{
-        client::CmiClient,
-        v1::{
-            GetPluginCapabilitiesRequest, ProbeRequest, plugin_capability,
-            plugin_capability::rpc::Type as RpcType,
-        },
-    },
+    cmi::{Rpc, client::CmiClient},
     telemetry::{Metrics, admin},
 };
 
@@ -316,23 +310,16 @@ async fn connect_driver(
             .into()),
         };
         match connected {
-            Ok(client) => {
-                let probe = client
-                    .identity
-                    .clone()
-                    .probe(client.request(ProbeRequest {}))
-                    .await;
-                match probe {
-                    Ok(resp) if resp.get_ref().ready != Some(false) => {
-                        let capabilities = capabilities(&client).await;
-                        return Ok(Some((client, capabilities)));
-                    }
-                    Ok(_) => tracing::info!("driver not ready yet"),
-                    Err(status) => {
-                        tracing::warn!(code = ?status.code(), message = status.message(), "driver Probe failed")
-                    }
+            Ok(client) => match client.probe().await {
+                Ok(ready) if ready != Some(false) => {
+                    let capabilities = capabilities(&client).await;
+                    return Ok(Some((client, capabilities)));
                 }
-            }
+                Ok(_) => tracing::info!("driver not ready yet"),
+                Err(e) => {
+                    tracing::warn!(code = ?e.code(), message = e.message(), "driver Probe failed")
+                }
+            },
             Err(e @ crate::cmi::client::ClientError::Endpoint(_)) => return Err(Error::Connect(e)),
             Err(error) if attempts % 10 == 1 => {
                 tracing::warn!(%error, "driver not reachable yet; retrying")
@@ -348,23 +335,10 @@ async fn connect_driver(
 }
 
 async fn capabilities(client: &CmiClient) -> Capabilities {
-    match client
-        .identity
-        .clone()
-        .get_plugin_capabilities(client.request(GetPluginCapabilitiesRequest {}))
-        .await
-    {
-        Ok(resp) => {
-            let set: HashSet<RpcType> = resp
-                .into_inner()
-                .capabilities
-                .into_iter()
-                .filter_map(|c| match c.r#type {
-                    Some(plugin_capability::Type::Rpc(rpc)) => RpcType::try_from(rpc.r#type).ok(),
-                    None => None,
-                })
-                .collect();
-            if !set.contains(&RpcType::GetMachineStatus) {
+    match client.get_plugin_capabilities().await {
+        Ok(advertised) => {
+            let set: HashSet<Rpc> = advertised.into_iter().collect();
+            if !set.contains(&Rpc::GetMachineStatus) {
                 tracing::warn!(
                     "driver lacks GET_MACHINE_STATUS: create relies on spec.providerID alone"
                 );
@@ -372,16 +346,12 @@ async fn capabilities(client: &CmiClient) -> Capabilities {
             tracing::info!(capabilities = ?set, "driver capabilities");
             Capabilities(set)
         }
-        Err(status) => {
-            tracing::warn!(code = ?status.code(), "GetPluginCapabilities failed; assuming create/delete/list only");
+        Err(e) => {
+            tracing::warn!(code = ?e.code(), "GetPluginCapabilities failed; assuming create/delete/list only");
             Capabilities(
-                [
-                    RpcType::CreateMachine,
-                    RpcType::DeleteMachine,
-                    RpcType::ListMachines,
-                ]
-                .into_iter()
-                .collect(),
+                [Rpc::CreateMachine, Rpc::DeleteMachine, Rpc::ListMachines]
+                    .into_iter()
+                    .collect(),
             )
         }
     }

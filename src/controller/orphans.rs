@@ -31,7 +31,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::cmi::v1::{DeleteMachineRequest, ListMachinesRequest};
+use crate::cmi::calls::MachineRef;
 
 use super::{
     context::Context,
@@ -276,22 +276,12 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
         .map_err(Error::kube("list MachineClasses"))?
     {
         let class_name = class.name_any();
-        let secrets = secrets::load(&ctx.client, ns, &class).await?;
+        let secrets = secrets::load(&ctx.client, ns, &class).await?.to_cmi();
         let provider_spec = serde_json::to_vec(&class.provider_spec).unwrap_or_default();
-        let request = ListMachinesRequest {
-            provider_spec: provider_spec.clone(),
-            secrets: secrets.to_cmi(),
-        };
-        let listed = match ctx
-            .cmi
-            .machine
-            .clone()
-            .list_machines(ctx.cmi.request(request))
-            .await
-        {
-            Ok(resp) => resp.into_inner().machine_list,
-            Err(status) => {
-                let error = Error::cmi("ListMachines", &status);
+        let listed = match ctx.cmi.list_machines(&provider_spec, &secrets).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                let error = Error::Cmi(e);
                 ctx.metrics
                     .controller
                     .failed("orphans", error.metric_label());
@@ -317,28 +307,17 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
             })
             .collect();
         for orphan in find_orphans(&listed, &known) {
-            let request = DeleteMachineRequest {
-                machine_name: orphan.machine_name.clone(),
-                provider_spec: provider_spec.clone(),
-                secrets: secrets.to_cmi(),
-                provider_id: orphan.provider_id.clone(),
-                last_known_state: Vec::new(),
-            };
-            match ctx
-                .cmi
-                .machine
-                .clone()
-                .delete_machine(ctx.cmi.request(request))
-                .await
-            {
+            let machine = MachineRef::new(&orphan.machine_name, &provider_spec, &secrets)
+                .with_provider_id(&orphan.provider_id);
+            match ctx.cmi.delete_machine(machine).await {
                 Ok(_) => {
                     deleted += 1;
                     ctx.metrics.controller.orphan_deleted();
                     tracing::info!(class = %class_name, machine = %orphan.machine_name, provider_id = %orphan.provider_id, "deleted orphan device");
                 }
-                Err(status) if status.code() == tonic::Code::NotFound => {}
-                Err(status) => {
-                    let error = Error::cmi("DeleteMachine", &status);
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => {
+                    let error = Error::Cmi(e);
                     ctx.metrics
                         .controller
                         .failed("orphans", error.metric_label());

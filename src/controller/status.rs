@@ -16,6 +16,7 @@ use serde_json::json;
 use tonic::Code;
 
 use super::crd::{CurrentStatus, LastOperation};
+use crate::cmi::{RetryClass, codes::code_name};
 
 /// `status.currentStatus.phase` values (MCM's `MachinePhase`).
 pub mod phase {
@@ -91,6 +92,14 @@ pub fn is_transient(code: Code) -> bool {
 }
 
 impl RetryPeriods {
+    /// How long to wait after a driver call failed with `code`, by the table its RPC uses.
+    pub fn after_error(&self, class: RetryClass, code: Code) -> Duration {
+        match class {
+            RetryClass::CreateFlow => self.after_create_error(code),
+            RetryClass::DeleteFlow => self.after_delete_error(code),
+        }
+    }
+
     /// How long to wait after a failed GetMachineStatus/CreateMachine in the create flow.
     pub fn after_create_error(&self, code: Code) -> Duration {
         match code {
@@ -108,30 +117,6 @@ impl RetryPeriods {
         } else {
             self.long
         }
-    }
-}
-
-/// The code name MCM writes into `lastOperation.errorCode` (Go's `codes.Code.String()`:
-/// note `OK` and `Canceled`, which tonic spells differently).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -302,14 +287,6 @@ mod tests {
             custom.after_create_error(Code::ResourceExhausted),
             Duration::from_secs(42)
         );
-    }
-
-    #[test]
-    fn code_names_are_gos() {
-        assert_eq!(code_name(Code::Ok), "OK");
-        assert_eq!(code_name(Code::Cancelled), "Canceled");
-        assert_eq!(code_name(Code::InvalidArgument), "InvalidArgument");
-        assert_eq!(code_name(Code::ResourceExhausted), "ResourceExhausted");
     }
 
     #[test]

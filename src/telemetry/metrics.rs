@@ -22,11 +22,16 @@
 use std::{sync::Arc, time::Duration};
 
 use super::{mcm::McmMachineMetrics, workqueue::WorkQueueMetrics};
+use crate::cmi::{
+    codes::{code_name, code_number},
+    rpc::Rpc,
+};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use tonic::Code;
 
 /// MCM's `provider` label value.
 pub const PROVIDER: &str = "equinixmetal";
@@ -128,15 +133,15 @@ impl MetalApiMetrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
-    pub grpc_service: String,
-    pub grpc_method: String,
+    pub grpc_service: &'static str,
+    pub grpc_method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcCodeLabels {
-    pub grpc_service: String,
-    pub grpc_method: String,
-    pub grpc_code: String,
+    pub grpc_service: &'static str,
+    pub grpc_method: &'static str,
+    pub grpc_code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -149,44 +154,7 @@ pub struct OperationLabels {
 pub struct OperationErrorLabels {
     pub provider: &'static str,
     pub operation: &'static str,
-    pub error_code: &'static str,
-}
-
-/// MCM's `operation` label value for a CMI Machine method (the Go providers' constants).
-fn mcm_operation(method: &str) -> &'static str {
-    match method {
-        "CreateMachine" => "create_machine",
-        "DeleteMachine" => "delete_machine",
-        "GetMachineStatus" => "get_machine_status",
-        "ListMachines" => "list_machine",
-        "ShutDownMachine" => "shutdown_machine",
-        "GetVolumeIDs" => "get_volume_ids",
-        _ => "other",
-    }
-}
-
-/// MCM's `error_code` label value: the numeric code (machine codes equal gRPC codes).
-fn mcm_error_code(code: &str) -> &'static str {
-    match code {
-        "OK" => "0",
-        "Canceled" | "Cancelled" => "1",
-        "InvalidArgument" => "3",
-        "DeadlineExceeded" => "4",
-        "NotFound" => "5",
-        "AlreadyExists" => "6",
-        "PermissionDenied" => "7",
-        "ResourceExhausted" => "8",
-        "FailedPrecondition" => "9",
-        "Aborted" => "10",
-        "OutOfRange" => "11",
-        "Unimplemented" => "12",
-        "Internal" => "13",
-        "Unavailable" => "14",
-        "DataLoss" => "15",
-        "Unauthenticated" => "16",
-        // "Unknown" and anything unexpected.
-        _ => "2",
-    }
+    pub error_code: i32,
 }
 
 /// gRPC server metrics, recorded by one tower layer so no handler can forget them.
@@ -213,53 +181,51 @@ impl GrpcMetrics {
         }
     }
 
-    pub fn start(&self, service: &str, method: &str) {
+    pub fn start(&self, rpc: Rpc) {
         self.in_flight.inc();
-        self.started
-            .get_or_create(&GrpcLabels {
-                grpc_service: service.into(),
-                grpc_method: method.into(),
-            })
-            .inc();
+        self.started.get_or_create(&grpc_labels(rpc)).inc();
     }
 
-    /// `code` is the tonic code name (`OK`, `InvalidArgument`, ...).
-    pub fn end(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
+    /// `rpc` ended with `code` after `elapsed`.
+    pub fn end(&self, rpc: Rpc, code: Code, elapsed: Duration) {
         self.in_flight.dec();
-        let l = GrpcLabels {
-            grpc_service: service.into(),
-            grpc_method: method.into(),
-        };
         self.handling
-            .get_or_create(&l)
+            .get_or_create(&grpc_labels(rpc))
             .observe(elapsed.as_secs_f64());
         self.handled
             .get_or_create(&GrpcCodeLabels {
-                grpc_service: service.into(),
-                grpc_method: method.into(),
-                grpc_code: code.into(),
+                grpc_service: rpc.service(),
+                grpc_method: rpc.name(),
+                grpc_code: code_name(code),
             })
             .inc();
-        if service.ends_with("Machine") {
-            let operation = mcm_operation(method);
-            // Like MCM's recorder: latency of successes, a failure count by code otherwise.
-            if code == "OK" {
-                self.op_duration
-                    .get_or_create(&OperationLabels {
-                        provider: PROVIDER,
-                        operation,
-                    })
-                    .observe(elapsed.as_secs_f64());
-            } else {
-                self.op_failed
-                    .get_or_create(&OperationErrorLabels {
-                        provider: PROVIDER,
-                        operation,
-                        error_code: mcm_error_code(code),
-                    })
-                    .inc();
-            }
+        let Some(operation) = rpc.mcm_operation() else {
+            return;
+        };
+        // Like MCM's recorder: latency of successes, a failure count by code otherwise.
+        if code == Code::Ok {
+            self.op_duration
+                .get_or_create(&OperationLabels {
+                    provider: PROVIDER,
+                    operation,
+                })
+                .observe(elapsed.as_secs_f64());
+        } else {
+            self.op_failed
+                .get_or_create(&OperationErrorLabels {
+                    provider: PROVIDER,
+                    operation,
+                    error_code: code_number(code),
+                })
+                .inc();
         }
+    }
+}
+
+fn grpc_labels(rpc: Rpc) -> GrpcLabels {
+    GrpcLabels {
+        grpc_service: rpc.service(),
+        grpc_method: rpc.name(),
     }
 }
 
@@ -463,11 +429,10 @@ mod tests {
             .observe("findDeviceById", "200", Duration::from_millis(3));
         m.metal
             .observe("findDeviceById", "503", Duration::from_millis(3));
-        m.grpc.start("cmi.v1.Machine", "GetMachineStatus");
+        m.grpc.start(Rpc::GetMachineStatus);
         m.grpc.end(
-            "cmi.v1.Machine",
-            "GetMachineStatus",
-            "NotFound",
+            Rpc::GetMachineStatus,
+            Code::NotFound,
             Duration::from_millis(1),
         );
         let text = m.render();
@@ -486,14 +451,5 @@ mod tests {
             "mcm_cloud_api_api_request_duration_seconds_count{provider=\"equinixmetal\",service=\"findDeviceById\"} 1"
         ));
         assert!(!text.contains("mcm_cloud_api_driver_request_duration_seconds_count{"));
-    }
-
-    #[test]
-    fn mcm_error_codes_are_numeric_grpc_codes() {
-        assert_eq!(mcm_error_code("InvalidArgument"), "3");
-        assert_eq!(mcm_error_code("Unavailable"), "14");
-        assert_eq!(mcm_error_code("Canceled"), "1");
-        assert_eq!(mcm_error_code("Unknown"), "2");
-        assert_eq!(mcm_operation("ListMachines"), "list_machine");
     }
 }

@@ -14,12 +14,9 @@ use axum::{
 };
 use metal_driver::{
     cmi::{
+        calls::{CallError, MachineRef},
         client::CmiClient,
-        v1::{
-            CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest,
-            GetPluginCapabilitiesRequest, GetPluginInfoRequest, GetVolumeIDsRequest,
-            ListMachinesRequest, ProbeRequest, ShutDownMachineRequest,
-        },
+        v1::CreateMachineRequest,
     },
     sim::{self, Fault, SimArgs, SimHandle},
 };
@@ -126,10 +123,7 @@ async fn echo_front(sim: &SimHandle) -> String {
     format!("http://{addr}")
 }
 
-fn expect_err<T>(
-    r: Result<tonic::Response<T>, tonic::Status>,
-    what: &str,
-) -> Result<tonic::Status, String> {
+fn expect_err<T>(r: Result<T, CallError>, what: &str) -> Result<CallError, String> {
     match r {
         Err(s) => Ok(s),
         Ok(_) => Err(format!("{what}: expected an error")),
@@ -142,134 +136,81 @@ async fn exercise(cmi: &CmiClient, sim: &SimHandle, tag: &str) -> Vec<String> {
     let good = secrets_with(TOKEN);
     let spec_bytes = |v: &Value| v.to_string().into_bytes();
     let mut errors = Vec::new();
-    let mut m = cmi.machine.clone();
-    let mut id = cmi.identity.clone();
-    id.get_plugin_info(cmi.request(GetPluginInfoRequest {}))
-        .await
-        .unwrap();
-    id.get_plugin_capabilities(cmi.request(GetPluginCapabilitiesRequest {}))
-        .await
-        .unwrap();
-    id.probe(cmi.request(ProbeRequest {})).await.unwrap();
+    cmi.get_plugin_info().await.unwrap();
+    cmi.get_plugin_capabilities().await.unwrap();
+    cmi.probe().await.unwrap();
 
     let name = format!("it-matrix-{tag}");
     let create = |name: &str, spec: &Value, secrets: &HashMap<String, Vec<u8>>| {
-        cmi.request(CreateMachineRequest {
-            machine_name: name.to_owned(),
-            provider_spec: spec_bytes(spec),
-            secrets: secrets.clone(),
-            last_known_state: Vec::new(),
-        })
+        let (name, spec, secrets) = (name.to_owned(), spec_bytes(spec), secrets.clone());
+        async move {
+            cmi.create_machine(MachineRef::new(&name, &spec, &secrets))
+                .await
+        }
     };
-    let created = m
-        .create_machine(create(&name, &s, &good))
-        .await
-        .expect("create")
-        .into_inner();
-    m.create_machine(create(&name, &s, &good))
-        .await
-        .expect("idempotent create");
-    let status = |provider_id: &str, secrets: &HashMap<String, Vec<u8>>| {
-        cmi.request(GetMachineStatusRequest {
-            machine_name: name.clone(),
-            provider_spec: spec_bytes(&s),
-            secrets: secrets.clone(),
-            provider_id: provider_id.to_owned(),
-        })
+    let created = create(&name, &s, &good).await.expect("create");
+    create(&name, &s, &good).await.expect("idempotent create");
+    let s_bytes = spec_bytes(&s);
+    let status = |provider_id: &str| {
+        let machine = MachineRef::new(&name, &s_bytes, &good);
+        let provider_id = provider_id.to_owned();
+        async move {
+            cmi.get_machine_status(machine.with_provider_id(&provider_id))
+                .await
+        }
     };
-    m.get_machine_status(status(&created.provider_id, &good))
-        .await
-        .expect("status");
-    m.get_machine_status(status("", &good))
-        .await
-        .expect("status by lookup");
-    m.list_machines(cmi.request(ListMachinesRequest {
-        provider_spec: spec_bytes(&s),
-        secrets: good.clone(),
-    }))
-    .await
-    .expect("list");
-    m.get_volume_i_ds(cmi.request(GetVolumeIDsRequest {
-        pv_spec_list: b"[]".to_vec(),
-    }))
-    .await
-    .expect("volumes");
+    status(&created.provider_id).await.expect("status");
+    status("").await.expect("status by lookup");
+    cmi.list_machines(&s_bytes, &good).await.expect("list");
+    cmi.get_volume_ids(b"[]").await.expect("volumes");
 
     // Error paths.
-    let mut push = |r: Result<tonic::Status, String>| match r {
+    let mut push = |r: Result<CallError, String>| match r {
         Ok(status) => errors.push(status.message().to_owned()),
         Err(unexpected) => panic!("{unexpected}"),
     };
 
     push(expect_err(
-        m.create_machine(create(&format!("{name}-w"), &s, &secrets_with(WRONG_TOKEN)))
-            .await,
+        create(&format!("{name}-w"), &s, &secrets_with(WRONG_TOKEN)).await,
         "wrong token",
     ));
     let mut bad = s.clone();
     bad["OS"] = json!("no_such_os");
     push(expect_err(
-        m.create_machine(create(&format!("{name}-os"), &bad, &good))
-            .await,
+        create(&format!("{name}-os"), &bad, &good).await,
         "bad OS",
     ));
     let mut invalid = s.clone();
     invalid["metro"] = json!(42);
     push(expect_err(
-        m.create_machine(create(&format!("{name}-sp"), &invalid, &good))
-            .await,
+        create(&format!("{name}-sp"), &invalid, &good).await,
         "bad spec",
     ));
     push(expect_err(
-        m.create_machine(create(&format!("{name}-echo"), &s, &good))
-            .await,
+        create(&format!("{name}-echo"), &s, &good).await,
         "echoed 422",
     ));
     // --api-max-retries 1: two attempts per call, both fail.
     sim.inject("findDeviceById", Fault::ServerError, 2);
-    push(expect_err(
-        m.get_machine_status(status(&created.provider_id, &good))
-            .await,
-        "503s",
-    ));
+    push(expect_err(status(&created.provider_id).await, "503s"));
     sim.inject("createDevice", Fault::Drop, 1);
-    if let Err(e) = m
-        .create_machine(create(&format!("{name}-drop"), &s, &good))
-        .await
-    {
+    if let Err(e) = create(&format!("{name}-drop"), &s, &good).await {
         errors.push(e.message().to_owned());
     }
     sim.inject("createDevice", Fault::TooManyRequests, 2);
-    if let Err(e) = m
-        .create_machine(create(&format!("{name}-429"), &s, &good))
-        .await
-    {
+    if let Err(e) = create(&format!("{name}-429"), &s, &good).await {
         errors.push(e.message().to_owned());
     }
 
     // Power off and delete everything (also the machines the error paths may have made).
-    m.shut_down_machine(cmi.request(ShutDownMachineRequest {
-        machine_name: name.clone(),
-        provider_spec: spec_bytes(&s),
-        secrets: good.clone(),
-        provider_id: created.provider_id.clone(),
-        last_known_state: Vec::new(),
-    }))
-    .await
-    .expect("shutdown");
+    let machine = MachineRef::new(&name, &s_bytes, &good).with_provider_id(&created.provider_id);
+    cmi.shut_down_machine(machine).await.expect("shutdown");
     for (machine, pid) in [
         (name.clone(), created.provider_id.clone()),
         (format!("{name}-drop"), String::new()),
     ] {
-        m.delete_machine(cmi.request(DeleteMachineRequest {
-            machine_name: machine,
-            provider_spec: spec_bytes(&s),
-            secrets: good.clone(),
-            provider_id: pid,
-            last_known_state: Vec::new(),
-        }))
-        .await
-        .expect("delete");
+        let machine = MachineRef::new(&machine, &s_bytes, &good).with_provider_id(&pid);
+        cmi.delete_machine(machine).await.expect("delete");
     }
     errors
 }

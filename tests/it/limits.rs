@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use metal_driver::{
-    cmi::v1::{CreateMachineRequest, GetMachineStatusRequest, ListMachinesRequest},
+    cmi::calls::MachineRef,
     sim::{self, SimArgs},
 };
 use tonic::Code;
@@ -42,15 +42,12 @@ async fn flood_past_max_in_flight_every_call_answered_memory_bounded() {
         let cmi = clients[i % clients.len()].clone();
         let mut s = spec();
         s["customData"] = serde_json::json!({ "pad": payload });
-        let request = cmi.request(ListMachinesRequest {
-            provider_spec: s.to_string().into_bytes(),
-            secrets: secrets(),
-        });
+        let provider_spec = s.to_string().into_bytes();
         calls.spawn(async move {
             let started = Instant::now();
             let answer = tokio::time::timeout(
                 Duration::from_secs(60),
-                cmi.machine.clone().list_machines(request),
+                cmi.list_machines(&provider_spec, &secrets()),
             )
             .await;
             (answer, started.elapsed())
@@ -89,12 +86,7 @@ async fn flood_past_max_in_flight_every_call_answered_memory_bounded() {
     // The driver is still healthy afterwards.
     let cmi = &clients[0];
     let listed = cmi
-        .machine
-        .clone()
-        .list_machines(cmi.request(ListMachinesRequest {
-            provider_spec: spec().to_string().into_bytes(),
-            secrets: secrets(),
-        }))
+        .list_machines(spec().to_string().as_bytes(), &secrets())
         .await;
     assert!(listed.is_ok(), "{listed:?}");
     driver.kill().await;
@@ -109,18 +101,14 @@ async fn a_short_client_deadline_ends_the_call_and_the_driver_stops_retrying() {
     let driver = DriverProcess::start(&sim.base_url(), &[]).await;
     let cmi = driver.client(Duration::from_millis(600)).await;
     let device = uuid::Uuid::new_v4();
+    let (provider_spec, secrets) = (spec().to_string().into_bytes(), secrets());
+    let provider_id = format!("equinixmetal://{device}");
+    let machine = MachineRef::new("it-deadline", &provider_spec, &secrets);
 
     let started = Instant::now();
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
-        cmi.machine
-            .clone()
-            .get_machine_status(cmi.request(GetMachineStatusRequest {
-                machine_name: "it-deadline".into(),
-                provider_spec: spec().to_string().into_bytes(),
-                secrets: secrets(),
-                provider_id: format!("equinixmetal://{device}"),
-            })),
+        cmi.get_machine_status(machine.with_provider_id(&provider_id)),
     )
     .await
     .expect("answered, not hung");
@@ -134,16 +122,7 @@ async fn a_short_client_deadline_ends_the_call_and_the_driver_stops_retrying() {
     assert!(elapsed < Duration::from_secs(5), "prompt: {elapsed:?}");
 
     // A create (lookup + POST) under the same short deadline: no device may appear later.
-    let create = cmi
-        .machine
-        .clone()
-        .create_machine(cmi.request(CreateMachineRequest {
-            machine_name: "it-deadline".into(),
-            provider_spec: spec().to_string().into_bytes(),
-            secrets: secrets(),
-            last_known_state: Vec::new(),
-        }))
-        .await;
+    let create = cmi.create_machine(machine).await;
     let create = create.expect_err("deadline");
     assert!(
         matches!(create.code(), Code::DeadlineExceeded | Code::Cancelled),
@@ -180,15 +159,7 @@ async fn oversized_requests_are_refused_and_the_driver_stays_up() {
     let cmi = driver.client(Duration::from_secs(10)).await;
     let list = |bytes: Vec<u8>| {
         let cmi = cmi.clone();
-        async move {
-            cmi.machine
-                .clone()
-                .list_machines(cmi.request(ListMachinesRequest {
-                    provider_spec: bytes,
-                    secrets: secrets(),
-                }))
-                .await
-        }
+        async move { cmi.list_machines(&bytes, &secrets()).await }
     };
     let mut big = spec();
     big["customData"] = serde_json::json!({ "pad": "y".repeat(200 * 1024) });

@@ -2,13 +2,7 @@
 
 use std::time::Duration;
 
-use metal_driver::{
-    cmi::v1::{
-        GetPluginCapabilitiesRequest, GetPluginInfoRequest, GetVolumeIDsRequest, ProbeRequest,
-        plugin_capability,
-    },
-    metal::DeviceState,
-};
+use metal_driver::metal::DeviceState;
 use tonic::Code;
 
 use crate::support::{CLUSTER_TAG, Env, secrets, spec, uuid_of};
@@ -16,27 +10,14 @@ use crate::support::{CLUSTER_TAG, Env, secrets, spec, uuid_of};
 #[tokio::test]
 async fn identity_reports_name_capabilities_and_readiness() {
     let env = Env::start().await;
-    let mut identity = env.cmi.identity.clone();
-    let info = identity
-        .get_plugin_info(GetPluginInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = env.cmi.get_plugin_info().await.unwrap();
     assert_eq!(info.name, "metal.driver.cmi");
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
 
-    let caps = identity
-        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let caps = env.cmi.get_plugin_capabilities().await.unwrap();
     let mut types: Vec<i32> = caps
-        .capabilities
         .iter()
-        .map(|c| match c.r#type {
-            Some(plugin_capability::Type::Rpc(rpc)) => rpc.r#type,
-            None => 0,
-        })
+        .map(|rpc| rpc.capability().map_or(0, |c| c as i32))
         .collect();
     types.sort_unstable();
     assert_eq!(
@@ -45,8 +26,8 @@ async fn identity_reports_name_capabilities_and_readiness() {
         "every RPC we implement is advertised, with the proto's numbers"
     );
 
-    let probe = identity.probe(ProbeRequest {}).await.unwrap().into_inner();
-    assert_eq!(probe.ready, Some(true));
+    let ready = env.cmi.probe().await.unwrap();
+    assert_eq!(ready, Some(true));
     env.stop().await;
 }
 
@@ -166,16 +147,12 @@ async fn legacy_provider_ids_are_accepted() {
 #[tokio::test]
 async fn get_volume_ids_is_empty_for_unmappable_specs() {
     let env = Env::start().await;
-    let r = env
+    let ids = env
         .cmi
-        .machine
-        .clone()
-        .get_volume_i_ds(GetVolumeIDsRequest {
-            pv_spec_list: br#"[{"csi":{"driver":"x","volumeHandle":"v"}}]"#.to_vec(),
-        })
+        .get_volume_ids(br#"[{"csi":{"driver":"x","volumeHandle":"v"}}]"#)
         .await
         .expect("GetVolumeIDs");
-    assert!(r.into_inner().volume_i_ds.is_empty());
+    assert!(ids.is_empty());
     env.stop().await;
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use metal_driver::sim::SimArgs;
+use metal_driver::{cmi::calls::MachineRef, sim::SimArgs};
 
 use crate::support::{Env, secrets, spec};
 
@@ -13,14 +13,9 @@ async fn in_flight_calls_finish_after_shutdown_begins() {
     let env = Env::with(args, |_| {}).await;
     let cmi = env.cmi.clone();
     let in_flight = tokio::spawn(async move {
-        let mut m = cmi.machine.clone();
-        m.create_machine(cmi.request(metal_driver::cmi::v1::CreateMachineRequest {
-            machine_name: "it-drain".into(),
-            provider_spec: spec().to_string().into_bytes(),
-            secrets: secrets(),
-            last_known_state: Vec::new(),
-        }))
-        .await
+        let (provider_spec, secrets) = (spec().to_string().into_bytes(), secrets());
+        cmi.create_machine(MachineRef::new("it-drain", &provider_spec, &secrets))
+            .await
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let devices_before = env.sim.devices().len();
@@ -28,9 +23,7 @@ async fn in_flight_calls_finish_after_shutdown_begins() {
         let crate::support::Parts { sim, server, stop } = env.into_parts();
         stop.cancel();
         let finished = in_flight.await.unwrap();
-        let created = finished
-            .expect("the in-flight create completes during the drain")
-            .into_inner();
+        let created = finished.expect("the in-flight create completes during the drain");
         server.wait().await.expect("clean stop");
         let devices = sim.devices();
         assert!(

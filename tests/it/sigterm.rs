@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use metal_driver::{
-    cmi::v1::{CreateMachineRequest, GetPluginInfoRequest},
+    cmi::{
+        calls::{CallError, Created, MachineRef},
+        client::CmiClient,
+    },
     sim::{self, SimArgs},
 };
 use tonic::Code;
@@ -15,13 +18,11 @@ use crate::{
     support::{secrets, spec},
 };
 
-fn create_request(name: &str) -> CreateMachineRequest {
-    CreateMachineRequest {
-        machine_name: name.into(),
-        provider_spec: spec().to_string().into_bytes(),
-        secrets: secrets(),
-        last_known_state: Vec::new(),
-    }
+/// CreateMachine of `name` in the usual class.
+async fn create(cmi: &CmiClient, name: &str) -> Result<Created, CallError> {
+    let (provider_spec, secrets) = (spec().to_string().into_bytes(), secrets());
+    cmi.create_machine(MachineRef::new(name, &provider_spec, &secrets))
+        .await
 }
 
 fn devices_named(sim: &metal_driver::sim::SimHandle, name: &str) -> usize {
@@ -43,9 +44,8 @@ async fn sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_zero() {
     let in_flight: Vec<_> = names
         .iter()
         .map(|name| {
-            let cmi = cmi.clone();
-            let request = cmi.request(create_request(name));
-            tokio::spawn(async move { cmi.machine.clone().create_machine(request).await })
+            let (cmi, name) = (cmi.clone(), name.clone());
+            tokio::spawn(async move { create(&cmi, &name).await })
         })
         .collect();
     // Each create needs a lookup and a POST (2 × 700 ms): SIGTERM lands in the middle.
@@ -62,13 +62,7 @@ async fn sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_zero() {
         .await
         {
             Err(_) => Err(Code::Unavailable),
-            Ok(c) => c
-                .identity
-                .clone()
-                .get_plugin_info(c.request(GetPluginInfoRequest {}))
-                .await
-                .map(|_| ())
-                .map_err(|s| s.code()),
+            Ok(c) => c.get_plugin_info().await.map(|_| ()).map_err(|e| e.code()),
         }
     })
     .await
@@ -82,8 +76,7 @@ async fn sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_zero() {
             .expect("in-flight call ends within the grace period")
             .unwrap();
         let created = answer
-            .unwrap_or_else(|s| panic!("{name}: in-flight create failed during drain: {s:?}"))
-            .into_inner();
+            .unwrap_or_else(|s| panic!("{name}: in-flight create failed during drain: {s:?}"));
         provider_ids.push(created.provider_id);
     }
     let code = driver.wait(Duration::from_secs(25)).await;
@@ -108,10 +101,9 @@ async fn a_create_cut_off_by_the_grace_period_is_found_by_the_next_create() {
     let sim = sim::spawn(args).await.unwrap();
     let mut driver = DriverProcess::start(&sim.base_url(), &["--grace-period", "1500ms"]).await;
     let cmi = driver.client(Duration::from_secs(30)).await;
-    let request = cmi.request(create_request("it-cutoff"));
     let call = tokio::spawn({
         let cmi = cmi.clone();
-        async move { cmi.machine.clone().create_machine(request).await }
+        async move { create(&cmi, "it-cutoff").await }
     });
     // The lookup takes 1.2 s, the POST another 1.2 s: the grace period ends during the POST.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -146,22 +138,14 @@ async fn a_create_cut_off_by_the_grace_period_is_found_by_the_next_create() {
     // The next driver's CreateMachine finds the device (or creates the only one).
     let driver2 = DriverProcess::start(&sim.base_url(), &[]).await;
     let cmi2 = driver2.client(Duration::from_secs(30)).await;
-    let created = cmi2
-        .machine
-        .clone()
-        .create_machine(cmi2.request(create_request("it-cutoff")))
-        .await
-        .expect("retry succeeds");
+    let created = create(&cmi2, "it-cutoff").await.expect("retry succeeds");
     assert_eq!(
         devices_named(&sim, "it-cutoff"),
         1,
         "exactly one device after the retry (before: {before})"
     );
     if let Ok(first) = cut_off {
-        assert_eq!(
-            first.into_inner().provider_id,
-            created.into_inner().provider_id
-        );
+        assert_eq!(first.provider_id, created.provider_id);
     }
     assert_eq!(sim.stats().devices_created, 1);
     driver2.kill().await;

@@ -1,17 +1,13 @@
 //! Spawns the simulator and the driver on ephemeral loopback ports and gives tests a CMI
-//! client plus request builders.
+//! client plus one-line calls for the usual class.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use metal_driver::{
     cmi::{
+        calls::{CallError, Created, Found, MachineRef},
         client::CmiClient,
         server::{Running, ServerConfig, start},
-        v1::{
-            CreateMachineRequest, CreateMachineResponse, DeleteMachineRequest,
-            GetMachineStatusRequest, GetMachineStatusResponse, ListMachinesRequest,
-            ShutDownMachineRequest,
-        },
     },
     metal::client::{ClientConfig, MetalClient},
     provider::{Provider, ProviderConfig},
@@ -20,7 +16,6 @@ use metal_driver::{
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 pub const PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
 pub const TOKEN: &str = "sim-token";
@@ -114,18 +109,9 @@ impl Env {
         name: &str,
         spec: &Value,
         secrets: &HashMap<String, Vec<u8>>,
-    ) -> Result<CreateMachineResponse, Status> {
-        self.cmi
-            .machine
-            .clone()
-            .create_machine(self.cmi.request(CreateMachineRequest {
-                machine_name: name.into(),
-                provider_spec: spec.to_string().into_bytes(),
-                secrets: secrets.clone(),
-                last_known_state: Vec::new(),
-            }))
+    ) -> Result<Created, CallError> {
+        self.create_raw(name, spec.to_string().into_bytes(), secrets)
             .await
-            .map(|r| r.into_inner())
     }
 
     pub async fn create_raw(
@@ -133,18 +119,10 @@ impl Env {
         name: &str,
         spec: Vec<u8>,
         secrets: &HashMap<String, Vec<u8>>,
-    ) -> Result<CreateMachineResponse, Status> {
+    ) -> Result<Created, CallError> {
         self.cmi
-            .machine
-            .clone()
-            .create_machine(self.cmi.request(CreateMachineRequest {
-                machine_name: name.into(),
-                provider_spec: spec,
-                secrets: secrets.clone(),
-                last_known_state: Vec::new(),
-            }))
+            .create_machine(MachineRef::new(name, &spec, secrets))
             .await
-            .map(|r| r.into_inner())
     }
 
     pub async fn status(
@@ -153,18 +131,10 @@ impl Env {
         provider_id: &str,
         spec: &Value,
         secrets: &HashMap<String, Vec<u8>>,
-    ) -> Result<GetMachineStatusResponse, Status> {
-        self.cmi
-            .machine
-            .clone()
-            .get_machine_status(self.cmi.request(GetMachineStatusRequest {
-                machine_name: name.into(),
-                provider_spec: spec.to_string().into_bytes(),
-                secrets: secrets.clone(),
-                provider_id: provider_id.into(),
-            }))
-            .await
-            .map(|r| r.into_inner())
+    ) -> Result<Found, CallError> {
+        let spec = spec.to_string().into_bytes();
+        let machine = MachineRef::new(name, &spec, secrets).with_provider_id(provider_id);
+        self.cmi.get_machine_status(machine).await
     }
 
     pub async fn delete(
@@ -173,19 +143,10 @@ impl Env {
         provider_id: &str,
         spec: &Value,
         secrets: &HashMap<String, Vec<u8>>,
-    ) -> Result<(), Status> {
-        self.cmi
-            .machine
-            .clone()
-            .delete_machine(self.cmi.request(DeleteMachineRequest {
-                machine_name: name.into(),
-                provider_spec: spec.to_string().into_bytes(),
-                secrets: secrets.clone(),
-                provider_id: provider_id.into(),
-                last_known_state: Vec::new(),
-            }))
-            .await
-            .map(|_| ())
+    ) -> Result<(), CallError> {
+        let spec = spec.to_string().into_bytes();
+        let machine = MachineRef::new(name, &spec, secrets).with_provider_id(provider_id);
+        self.cmi.delete_machine(machine).await.map(drop)
     }
 
     pub async fn shutdown_machine(
@@ -194,35 +155,19 @@ impl Env {
         provider_id: &str,
         spec: &Value,
         secrets: &HashMap<String, Vec<u8>>,
-    ) -> Result<(), Status> {
-        self.cmi
-            .machine
-            .clone()
-            .shut_down_machine(self.cmi.request(ShutDownMachineRequest {
-                machine_name: name.into(),
-                provider_spec: spec.to_string().into_bytes(),
-                secrets: secrets.clone(),
-                provider_id: provider_id.into(),
-                last_known_state: Vec::new(),
-            }))
-            .await
-            .map(|_| ())
+    ) -> Result<(), CallError> {
+        let spec = spec.to_string().into_bytes();
+        let machine = MachineRef::new(name, &spec, secrets).with_provider_id(provider_id);
+        self.cmi.shut_down_machine(machine).await.map(drop)
     }
 
     pub async fn list(
         &self,
         spec: &Value,
         secrets: &HashMap<String, Vec<u8>>,
-    ) -> Result<HashMap<String, String>, Status> {
-        self.cmi
-            .machine
-            .clone()
-            .list_machines(self.cmi.request(ListMachinesRequest {
-                provider_spec: spec.to_string().into_bytes(),
-                secrets: secrets.clone(),
-            }))
-            .await
-            .map(|r| r.into_inner().machine_list)
+    ) -> Result<HashMap<String, String>, CallError> {
+        let spec = spec.to_string().into_bytes();
+        self.cmi.list_machines(&spec, secrets).await
     }
 }
 

@@ -6,10 +6,10 @@ use std::{sync::Arc, time::Duration};
 
 use metal_driver::{
     cmi::{
+        calls::MachineRef,
         client::{ClientTls, ClientTlsArgs, CmiClient},
         endpoint::Endpoint,
         server::{Running, ServeError, ServerConfig, ServerTls, start},
-        v1::{GetPluginInfoRequest, ProbeRequest},
     },
     metal::client::{ClientConfig, MetalClient},
     provider::{Provider, ProviderConfig},
@@ -107,17 +107,12 @@ async fn probe(endpoint: &str, tls: Option<&ClientTls>) -> Result<(), String> {
     let cmi = CmiClient::connect_tls(endpoint, Duration::from_secs(5), tls)
         .await
         .map_err(|e| e.to_string())?;
-    let answer = tokio::time::timeout(
-        Duration::from_secs(10),
-        cmi.identity
-            .clone()
-            .get_plugin_info(cmi.request(GetPluginInfoRequest {})),
-    )
-    .await
-    .map_err(|_| "no answer within 10 s (hang)".to_owned())?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), cmi.get_plugin_info())
+        .await
+        .map_err(|_| "no answer within 10 s (hang)".to_owned())?;
     answer
         .map(|_| ())
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        .map_err(|e| format!("{:?}: {}", e.code(), e.message()))
 }
 
 #[tokio::test]
@@ -139,31 +134,15 @@ async fn tls_serves_tls_clients_and_refuses_plaintext() {
     let cmi = CmiClient::connect_tls(&env.endpoint(), Duration::from_secs(30), Some(&tls))
         .await
         .expect("TLS connect");
-    let probe_ok = cmi
-        .identity
-        .clone()
-        .probe(cmi.request(ProbeRequest {}))
-        .await
-        .expect("Probe over TLS");
-    assert_eq!(probe_ok.into_inner().ready, Some(true));
+    let ready = cmi.probe().await.expect("Probe over TLS");
+    assert_eq!(ready, Some(true));
     // A real machine call over TLS.
+    let (provider_spec, secrets) = (spec().to_string().into_bytes(), secrets());
     let created = cmi
-        .machine
-        .clone()
-        .create_machine(cmi.request(metal_driver::cmi::v1::CreateMachineRequest {
-            machine_name: "it-tls".into(),
-            provider_spec: spec().to_string().into_bytes(),
-            secrets: secrets(),
-            last_known_state: Vec::new(),
-        }))
+        .create_machine(MachineRef::new("it-tls", &provider_spec, &secrets))
         .await
         .expect("CreateMachine over TLS");
-    assert!(
-        created
-            .into_inner()
-            .provider_id
-            .starts_with("equinixmetal://")
-    );
+    assert!(created.provider_id.starts_with("equinixmetal://"));
 
     let plain = probe(&env.endpoint(), None).await;
     assert!(

@@ -42,12 +42,10 @@ use std::{
 use clap::Parser;
 use metal_driver::{
     cmi::{
+        Rpc,
+        calls::{CallError, MachineRef},
         client::CmiClient,
-        observe::code_name,
-        v1::{
-            CreateMachineRequest, DeleteMachineRequest, GetMachineStatusRequest,
-            ListMachinesRequest,
-        },
+        codes::code_name,
     },
     sim::{self, SimArgs},
 };
@@ -166,13 +164,13 @@ struct Tally {
 }
 
 impl Tally {
-    fn answer(&self, method: &str, code: Code) {
+    fn answer(&self, rpc: Rpc, code: Code) {
         self.rpc_answered.fetch_add(1, Ordering::Relaxed);
         *self
             .outcomes
             .lock()
             .unwrap()
-            .entry((method.to_owned(), code_name(code).to_owned()))
+            .entry((rpc.name().to_owned(), code_name(code).to_owned()))
             .or_default() += 1;
     }
 
@@ -239,47 +237,48 @@ const HANG_GUARD: Duration = Duration::from_secs(45);
 
 impl Ctx {
     /// One RPC with a deadline and a hang guard; the answer is tallied.
-    async fn call<T, F>(&self, method: &str, fut: F) -> Result<T, tonic::Status>
+    async fn call<T, F>(&self, rpc: Rpc, fut: F) -> Result<T, CallError>
     where
-        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: std::future::Future<Output = Result<T, CallError>>,
     {
         self.tally.rpc_started.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(HANG_GUARD, fut).await {
             Ok(Ok(r)) => {
-                self.tally.answer(method, Code::Ok);
-                Ok(r.into_inner())
+                self.tally.answer(rpc, Code::Ok);
+                Ok(r)
             }
-            Ok(Err(status)) => {
-                self.tally.answer(method, status.code());
-                Err(status)
+            Ok(Err(e)) => {
+                self.tally.answer(rpc, e.code());
+                Err(e)
             }
             Err(_) => {
                 self.tally.rpc_hung.fetch_add(1, Ordering::Relaxed);
                 self.tally
-                    .anomaly(format!("{method}: no answer within {HANG_GUARD:?}"));
-                Err(tonic::Status::deadline_exceeded("hang guard"))
+                    .anomaly(format!("{rpc}: no answer within {HANG_GUARD:?}"));
+                Err(CallError::new(rpc, Code::DeadlineExceeded, "hang guard"))
             }
         }
     }
 
     /// Retries `op` on the retryable codes with a jittered backoff, as MCM would.
-    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, tonic::Status>
+    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, CallError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
     {
         let mut backoff = Duration::from_millis(100);
         loop {
             match op().await {
-                Err(s) if retryable(s.code()) && Instant::now() < self.hard_stop => {
+                Err(e) if retryable(e.code()) && Instant::now() < self.hard_stop => {
                     let jitter = rand::rng().random_range(0.5..1.5);
                     tokio::time::sleep(backoff.mul_f64(jitter)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                Err(s) if retryable(s.code()) => {
-                    return Err(tonic::Status::new(
-                        s.code(),
-                        format!("{what}: gave up at the end of the run: {}", s.message()),
+                Err(e) if retryable(e.code()) => {
+                    return Err(CallError::new(
+                        e.rpc(),
+                        e.code(),
+                        format!("{what}: gave up at the end of the run: {}", e.message()),
                     ));
                 }
                 other => return other,
@@ -287,73 +286,43 @@ impl Ctx {
         }
     }
 
-    async fn create(&self, name: &str) -> Result<String, tonic::Status> {
-        self.retrying("create", || {
-            let mut m = self.cmi.machine.clone();
-            let req = self.cmi.request(CreateMachineRequest {
-                machine_name: name.to_owned(),
-                provider_spec: self.spec.to_vec(),
-                secrets: (*self.secrets).clone(),
-                last_known_state: Vec::new(),
-            });
-            async move {
-                self.call("CreateMachine", m.create_machine(req))
-                    .await
-                    .map(|r| r.provider_id)
-            }
+    /// The lane's machine `name`, with `provider_id` when known.
+    fn machine_ref<'a>(&'a self, name: &'a str, provider_id: &'a str) -> MachineRef<'a> {
+        MachineRef::new(name, &self.spec, &self.secrets).with_provider_id(provider_id)
+    }
+
+    async fn create(&self, name: &str) -> Result<String, CallError> {
+        self.retrying("create", || async {
+            let created = self.cmi.create_machine(self.machine_ref(name, ""));
+            let created = self.call(Rpc::CreateMachine, created).await?;
+            Ok(created.provider_id)
         })
         .await
     }
 
-    async fn status(&self, name: &str, provider_id: &str) -> Result<String, tonic::Status> {
-        self.retrying("status", || {
-            let mut m = self.cmi.machine.clone();
-            let req = self.cmi.request(GetMachineStatusRequest {
-                machine_name: name.to_owned(),
-                provider_spec: self.spec.to_vec(),
-                secrets: (*self.secrets).clone(),
-                provider_id: provider_id.to_owned(),
-            });
-            async move {
-                self.call("GetMachineStatus", m.get_machine_status(req))
-                    .await
-                    .map(|r| r.provider_id)
-            }
+    async fn status(&self, name: &str, provider_id: &str) -> Result<String, CallError> {
+        self.retrying("status", || async {
+            let status = self
+                .cmi
+                .get_machine_status(self.machine_ref(name, provider_id));
+            let status = self.call(Rpc::GetMachineStatus, status).await?;
+            Ok(status.provider_id)
         })
         .await
     }
 
-    async fn delete(&self, name: &str, provider_id: &str) -> Result<(), tonic::Status> {
-        self.retrying("delete", || {
-            let mut m = self.cmi.machine.clone();
-            let req = self.cmi.request(DeleteMachineRequest {
-                machine_name: name.to_owned(),
-                provider_spec: self.spec.to_vec(),
-                secrets: (*self.secrets).clone(),
-                provider_id: provider_id.to_owned(),
-                last_known_state: Vec::new(),
-            });
-            async move {
-                self.call("DeleteMachine", m.delete_machine(req))
-                    .await
-                    .map(|_| ())
-            }
+    async fn delete(&self, name: &str, provider_id: &str) -> Result<(), CallError> {
+        self.retrying("delete", || async {
+            let deleted = self.cmi.delete_machine(self.machine_ref(name, provider_id));
+            self.call(Rpc::DeleteMachine, deleted).await.map(drop)
         })
         .await
     }
 
-    async fn list(&self) -> Result<HashMap<String, String>, tonic::Status> {
-        self.retrying("list", || {
-            let mut m = self.cmi.machine.clone();
-            let req = self.cmi.request(ListMachinesRequest {
-                provider_spec: self.spec.to_vec(),
-                secrets: (*self.secrets).clone(),
-            });
-            async move {
-                self.call("ListMachines", m.list_machines(req))
-                    .await
-                    .map(|r| r.machine_list)
-            }
+    async fn list(&self) -> Result<HashMap<String, String>, CallError> {
+        self.retrying("list", || async {
+            let listed = self.cmi.list_machines(&self.spec, &self.secrets);
+            self.call(Rpc::ListMachines, listed).await
         })
         .await
     }

@@ -43,10 +43,7 @@ use serde_json::json;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::cmi::{
-    client::CmiClient,
-    v1::{GetVolumeIDsRequest, plugin_capability::rpc::Type as RpcType},
-};
+use crate::cmi::{Rpc, client::CmiClient};
 
 use super::context::Capabilities;
 use mode::{EVICTION_RETRY_INTERVAL, Mode};
@@ -514,7 +511,7 @@ impl Drain<'_> {
 
     /// The driver's ID for a PersistentVolume, `None` when the driver does not manage it.
     async fn volume_id(&self, pv: &str) -> Result<Option<String>, String> {
-        if !self.capabilities.has(RpcType::GetVolumeIds) {
+        if !self.capabilities.has(Rpc::GetVolumeIds) {
             return Ok(None);
         }
         let api: Api<PersistentVolume> = Api::all(self.target.clone());
@@ -527,18 +524,12 @@ impl Drain<'_> {
             return Ok(None);
         };
         let list = serde_json::to_vec(&[spec]).map_err(|e| e.to_string())?;
-        let resp = self
+        let ids = self
             .cmi
-            .machine
-            .clone()
-            .get_volume_i_ds(self.cmi.request(GetVolumeIDsRequest { pv_spec_list: list }))
+            .get_volume_ids(&list)
             .await
-            .map_err(|s| super::status::machine_codes_error(s.code(), s.message()))?;
-        Ok(resp
-            .into_inner()
-            .volume_i_ds
-            .into_iter()
-            .find(|v| !v.is_empty()))
+            .map_err(|e| super::status::machine_codes_error(e.code(), e.message()))?;
+        Ok(ids.into_iter().find(|v| !v.is_empty()))
     }
 
     /// Waits until none of `volumes` is in the Node's `volumesAttached`. `Ok(false)` when the
