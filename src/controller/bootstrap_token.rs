@@ -6,8 +6,9 @@
 //! Per Machine, in the target cluster: the Secret `kube-system/bootstrap-token-<id>` of type
 //! `bootstrap.kubernetes.io/token`, where `<id>` is the first 6 hex digits of the last 5
 //! bytes of the machine name (MCM's derivation, so both controllers find the same Secret).
-//! It is fetched or created right before CreateMachine, so a retried create reuses the same
-//! token, and deleted once the machine is Running after its create.
+//! As in MCM, it is fetched or created on every pass of the create flow (whether or not the
+//! userData carries the placeholder), so a retried create reuses the same token, and deleted
+//! once the machine is Running after its create.
 //!
 //! The token secret is held in [`Secret`] and only leaves this module inside the userData
 //! sent to the driver: never in a log line, error, event or metric. Errors name the Secret,

@@ -6,9 +6,9 @@
 //! # Create flow (MCM's `triggerCreationFlow`)
 //! Runs while `spec.providerID` is empty or the phase is `""`/`CrashLoopBackOff`:
 //! 1. Merge the class's Secrets; `userData` is required, `<<MACHINE_NAME>>` substituted.
-//!    Right before CreateMachine, with a target cluster, `<<BOOTSTRAP_TOKEN>>` is replaced by
-//!    the machine's bootstrap token ([`super::bootstrap_token`]; deleted again when the
-//!    machine turns Running).
+//!    With a target cluster, the machine's bootstrap token ([`super::bootstrap_token`]) is
+//!    fetched or created on every pass, as MCM does, and replaces `<<BOOTSTRAP_TOKEN>>`
+//!    (deleted again when the machine turns Running).
 //! 2. GetMachineStatus. OK → adopt the device it names (this is what makes a restart after a
 //!    lost CreateMachine answer safe). NotFound/Unimplemented (or the capability missing) →
 //!    CreateMachine when there is no `spec.providerID`, else keep `spec.providerID`.
@@ -302,7 +302,7 @@ async fn create_failed(m: &Machine, ctx: &Context, failure: CallError) -> Result
 async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result<Action> {
     let name = m.name_any();
     let merged = secrets::load(&ctx.client, &ctx.config.namespace, class).await?;
-    let secrets = match merged.for_create(&name) {
+    let mut secrets = match merged.for_create(&name) {
         Ok(s) => s,
         Err(error) => {
             let now = Timestamp::now();
@@ -324,6 +324,9 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
             return Err(error);
         }
     };
+    if let Some(target) = &ctx.target {
+        add_bootstrap_token(m, ctx, target, &mut secrets).await?;
+    }
     let provider_spec = serde_json::to_vec(&class.provider_spec).unwrap_or_default();
     let spec_provider_id = m.provider_id().unwrap_or_default().to_owned();
 
@@ -352,10 +355,6 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
             None,
         ),
         None => {
-            let mut secrets = secrets;
-            if let Some(target) = &ctx.target {
-                add_bootstrap_token(m, ctx, target, &mut secrets).await?;
-            }
             let machine = MachineRef::new(&name, &provider_spec, &secrets)
                 .with_last_known_state(m.last_known_state().as_bytes());
             tracing::info!(machine = %name, class = %class.name_any(), "creating machine on cloud provider");
@@ -424,21 +423,26 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
     }))
 }
 
-/// Puts the machine's bootstrap token into its userData when the userData asks for one
-/// (`<<BOOTSTRAP_TOKEN>>`, raw or URL-escaped). The token Secret is fetched or created in the
-/// target cluster, valid for the machine's creation timeout.
+/// Gets or creates the machine's bootstrap token in the target cluster (valid for the
+/// machine's creation timeout) and puts it into the userData where the userData asks for one
+/// (`<<BOOTSTRAP_TOKEN>>`, raw or URL-escaped). Like MCM's `addBootstrapTokenToUserData`,
+/// the Secret is made whether or not the placeholder is there (MCM only warns that such a
+/// Node will not join), so both controllers leave the same Secrets in the target cluster.
 async fn add_bootstrap_token(
     m: &Machine,
     ctx: &Context,
     target: &kube::Client,
     secrets: &mut std::collections::HashMap<String, Vec<u8>>,
 ) -> Result<()> {
-    let Some(user_data) = secrets
-        .get_mut(secrets::USER_DATA)
-        .filter(|u| bootstrap_token::wanted(u))
-    else {
+    let Some(user_data) = secrets.get_mut(secrets::USER_DATA) else {
         return Ok(());
     };
+    let wanted = bootstrap_token::wanted(user_data);
+    // No token id derives from a name under 5 bytes (MCM panics on one). Without the
+    // placeholder nothing needs the token, so such a machine is still created.
+    if !wanted && bootstrap_token::token_id(&m.name_any()).is_err() {
+        return Ok(());
+    }
     let (creation_timeout, _) = health::timeouts(m, &ctx.config);
     let token = bootstrap_token::get_or_create(
         target,
@@ -447,7 +451,9 @@ async fn add_bootstrap_token(
         &ctx.config.bootstrap_token_auth_extra_groups,
     )
     .await?;
-    *user_data = bootstrap_token::substitute(user_data, &token);
+    if wanted {
+        *user_data = bootstrap_token::substitute(user_data, &token);
+    }
     Ok(())
 }
 
@@ -618,6 +624,43 @@ mod tests {
         ]);
         let action = reconcile(guard(again), context(client)).await.unwrap();
         assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
+        mock.await.unwrap();
+    }
+
+    /// As in MCM, every pass of the create flow gets or creates the machine's bootstrap token
+    /// when there is a target cluster, placeholder or not; a short name without the
+    /// placeholder (no id derives from it) is created without one (the test above, `m`).
+    #[tokio::test]
+    async fn the_create_flow_makes_the_token_secret_without_a_placeholder() {
+        let class = json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineClass",
+                           "metadata": {"name": "c", "namespace": "ns", "finalizers": [MACHINE_FINALIZER]},
+                           "providerSpec": {}, "secretRef": {"name": "s", "namespace": "ns"}});
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ns"},
+                            "data": {"userData": "I2Nsb3VkLWNvbmZpZw=="}});
+        let token = "/api/v1/namespaces/kube-system/secrets";
+        let (client, mock) = mock_client(vec![
+            Call::new("GET", format!("{CLASSES}/c"), 200, class),
+            Call::new("GET", "/api/v1/namespaces/ns/secrets/s", 200, secret),
+            Call::new(
+                "GET",
+                format!("{token}/bootstrap-token-616263"),
+                404,
+                not_found(),
+            ),
+            Call::new("POST", format!("{token}?"), 201, json!({})).body(|b| {
+                assert_eq!(b["type"], "bootstrap.kubernetes.io/token", "{b}");
+                assert_eq!(b["metadata"]["name"], "bootstrap-token-616263", "{b}");
+            }),
+            Call::new(
+                "PATCH",
+                format!("{MACHINES}/m-abc12/status?"),
+                200,
+                machine(json!({"name": "m-abc12"})),
+            ),
+        ]);
+        let m = machine(json!({"name": "m-abc12", "finalizers": [MACHINE_FINALIZER],
+                               "creationTimestamp": Timestamp::now().to_string()}));
+        reconcile(guard(m), context(client)).await.unwrap();
         mock.await.unwrap();
     }
 
