@@ -48,38 +48,56 @@ pub fn without_ours(node: &Node) -> Option<Vec<String>> {
     })
 }
 
+/// Attempts at removing our finalizer when the Node keeps changing under the write.
+const ATTEMPTS: usize = 5;
+
 /// Removes our finalizer from the Node `name` before the delete flow deletes it. A missing
 /// Node is fine. The write is conditional on the Node's resourceVersion, so a finalizer
-/// another controller adds meanwhile is never dropped (a conflict is retried).
+/// another controller adds meanwhile is never dropped; a conflict (most often a status
+/// heartbeat, or the Node's own deletion, landing between read and write) is retried at
+/// once on a fresh read, so like MCM's unconditional patch it does not fail the step.
 pub async fn remove(target: &Client, name: &str) -> Result<()> {
     let nodes: Api<Node> = Api::all(target.clone());
-    let Some(node) = nodes.get_opt(name).await.map_err(Error::kube("get Node"))? else {
-        return Ok(());
-    };
-    let Some(rest) = without_ours(&node) else {
-        return Ok(());
-    };
-    let patch = json!({"metadata": {
-        "resourceVersion": node.resource_version(),
-        "finalizers": rest,
-    }});
-    match nodes
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(
-                node = name,
-                finalizer = NODE_FINALIZER,
-                "Node finalizer removed"
-            );
-            Ok(())
+    let mut attempt = 1;
+    loop {
+        let Some(node) = nodes.get_opt(name).await.map_err(Error::kube("get Node"))? else {
+            return Ok(());
+        };
+        let Some(rest) = without_ours(&node) else {
+            return Ok(());
+        };
+        let patch = json!({"metadata": {
+            "resourceVersion": node.resource_version(),
+            "finalizers": rest,
+        }});
+        match nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    node = name,
+                    finalizer = NODE_FINALIZER,
+                    "Node finalizer removed"
+                );
+                return Ok(());
+            }
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < ATTEMPTS => {
+                tracing::debug!(
+                    node = name,
+                    attempt,
+                    "Node changed under the finalizer removal; retrying"
+                );
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: "remove Node finalizer",
+                    source: e,
+                });
+            }
         }
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::Kube {
-            action: "remove Node finalizer",
-            source: e,
-        }),
     }
 }
 
@@ -129,6 +147,26 @@ mod tests {
             Call::new("PATCH", "/api/v1/nodes/n1?", 200, n).body(|b| {
                 assert_eq!(b["metadata"]["resourceVersion"], "7");
                 assert_eq!(b["metadata"]["finalizers"], json!(["a/x"]));
+            }),
+        ]);
+        remove(&client, "n1").await.unwrap();
+        mock.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_retried_on_a_fresh_read() {
+        let old = serde_json::to_value(node(&[NODE_FINALIZER], false)).unwrap();
+        let mut fresh = serde_json::to_value(node(&[NODE_FINALIZER, "b/y"], true)).unwrap();
+        fresh["metadata"]["resourceVersion"] = json!("8");
+        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+        let (client, mock) = mock_client(vec![
+            Call::new("GET", "/api/v1/nodes/n1", 200, old),
+            Call::new("PATCH", "/api/v1/nodes/n1?", 409, conflict),
+            Call::new("GET", "/api/v1/nodes/n1", 200, fresh.clone()),
+            Call::new("PATCH", "/api/v1/nodes/n1?", 200, fresh).body(|b| {
+                assert_eq!(b["metadata"]["resourceVersion"], "8");
+                assert_eq!(b["metadata"]["finalizers"], json!(["b/y"]));
             }),
         ]);
         remove(&client, "n1").await.unwrap();
