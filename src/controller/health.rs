@@ -144,6 +144,25 @@ fn summary(node: Option<&Node>) -> String {
     }
 }
 
+/// The type of the Machine's current lastOperation, or `fallback` without one: MCM keeps the
+/// type when a timeout fails the Machine (a create that never joined stays a `Create`).
+fn last_op_type<'a>(m: &'a Machine, fallback: &'a str) -> &'a str {
+    m.status
+        .as_ref()
+        .and_then(|s| s.last_operation.as_ref())
+        .map(|lo| lo.type_.as_str())
+        .filter(|t| !t.is_empty())
+        .unwrap_or(fallback)
+}
+
+/// Whether the Machine has recorded its Node's conditions.
+fn has_conditions(m: &Machine) -> bool {
+    m.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| !c.is_empty())
+}
+
 /// Whether the last operation is a Create that has not succeeded (MCM's test for "this
 /// Running is the first join").
 fn create_unfinished(m: &Machine) -> bool {
@@ -198,13 +217,13 @@ pub fn evaluate(m: &Machine, node: Option<&Node>, cfg: &Config, now: Timestamp) 
                 );
                 set(&mut out, phase::RUNNING, false, lo);
             } else if age >= creation_timeout {
+                // MCM's words, including its "<Go duration> minutes".
                 let lo = last_op(
-                    op::CREATE,
+                    last_op_type(m, op::CREATE),
                     state::FAILED,
                     format!(
-                        "Machine {name} failed to join the cluster in {}. {}",
+                        "Machine {name} failed to join the cluster in {} minutes.",
                         duration::format(creation_timeout),
-                        summary(node)
                     ),
                     None,
                     now,
@@ -214,17 +233,20 @@ pub fn evaluate(m: &Machine, node: Option<&Node>, cfg: &Config, now: Timestamp) 
                 out.recheck = Some(creation_timeout - age);
             }
         }
+        // As MCM: a Running Machine whose Node went missing turns Unknown only when it had
+        // seen the Node's conditions (a Machine that never had any stays as it is).
+        phase::RUNNING if node.is_none() && !has_conditions(m) => {}
         phase::RUNNING if !healthy => {
-            let lo = last_op(
-                op::HEALTH_CHECK,
-                state::PROCESSING,
-                format!(
-                    "Machine {name} is unhealthy - changing MachineState to Unknown. Node conditions: {}",
+            let description = match node {
+                None => format!(
+                    "Node object went missing. Machine {name} is unhealthy - changing MachinePhase to Unknown"
+                ),
+                Some(_) => format!(
+                    "Machine {name} is unhealthy - changing MachinePhase to Unknown. Node conditions: {}",
                     summary(node)
                 ),
-                None,
-                now,
-            );
+            };
+            let lo = last_op(op::HEALTH_CHECK, state::PROCESSING, description, None, now);
             set(&mut out, phase::UNKNOWN, true, lo);
             out.recheck = health_timeout;
         }
@@ -243,10 +265,10 @@ pub fn evaluate(m: &Machine, node: Option<&Node>, cfg: &Config, now: Timestamp) 
             } else if let Some(timeout) = health_timeout {
                 if unhealthy_for >= timeout {
                     let lo = last_op(
-                        op::HEALTH_CHECK,
+                        last_op_type(m, op::HEALTH_CHECK),
                         state::FAILED,
                         format!(
-                            "Machine {name} is not healthy since {}. Changing status to failed. Node conditions: {}",
+                            "Machine {name} health checks failing since last {} minutes. Updating machine phase to Failed. Node Conditions: {}",
                             duration::format(timeout),
                             summary(node)
                         ),
@@ -347,9 +369,9 @@ mod tests {
         assert_eq!(phase_of(&failed), Some("Failed"));
         let lo = failed.update.last_operation.unwrap();
         assert_eq!((lo.type_.as_str(), lo.state.as_str()), ("Create", "Failed"));
-        assert!(
-            lo.description
-                .contains("failed to join the cluster in 20m0s")
+        assert_eq!(
+            lo.description,
+            "Machine m1 failed to join the cluster in 20m0s minutes."
         );
     }
 
@@ -363,17 +385,39 @@ mod tests {
                 .current,
             None
         );
-        for n in [
-            Some(node(&[("Ready", "True"), ("DiskPressure", "True")])),
-            Some(node(&[("Ready", "Unknown")])),
-            None,
+        let mut seen_node = m.clone();
+        seen_node.status.as_mut().unwrap().conditions =
+            node(&[("Ready", "True")]).status.and_then(|s| s.conditions);
+        for (m, n, words) in [
+            (
+                &m,
+                Some(node(&[("Ready", "True"), ("DiskPressure", "True")])),
+                "Machine m1 is unhealthy - changing MachinePhase to Unknown. Node conditions: Ready=True, DiskPressure=True",
+            ),
+            (
+                &m,
+                Some(node(&[("Ready", "Unknown")])),
+                "Machine m1 is unhealthy - changing MachinePhase to Unknown. Node conditions: Ready=Unknown",
+            ),
+            (
+                &seen_node,
+                None,
+                "Node object went missing. Machine m1 is unhealthy - changing MachinePhase to Unknown",
+            ),
         ] {
-            let o = evaluate(&m, n.as_ref(), &cfg(), now);
+            let o = evaluate(m, n.as_ref(), &cfg(), now);
             assert_eq!(phase_of(&o), Some("Unknown"));
             assert!(o.update.current.as_ref().unwrap().timeout_active);
-            assert_eq!(o.update.last_operation.unwrap().type_, "HealthCheck");
+            let lo = o.update.last_operation.unwrap();
+            assert_eq!(
+                (lo.type_.as_str(), lo.description.as_str()),
+                ("HealthCheck", words)
+            );
             assert_eq!(o.recheck, Some(Duration::from_secs(600)));
         }
+        // A Machine that never recorded its Node's conditions stays Running when the Node is
+        // missing, as under MCM.
+        assert_eq!(evaluate(&m, None, &cfg(), now).update.current, None);
         // spec.nodeConditions overrides the default list.
         let mut custom = m.clone();
         custom.spec.node_conditions = Some("MemoryPressure".into());
@@ -398,7 +442,12 @@ mod tests {
         assert_eq!(wait.recheck, Some(Duration::from_secs(360)));
         let failed = evaluate(&m, Some(&sick), &cfg(), ts("2026-01-01T01:10:00Z"));
         assert_eq!(phase_of(&failed), Some("Failed"));
-        assert_eq!(failed.update.last_operation.unwrap().state, "Failed");
+        let lo = failed.update.last_operation.unwrap();
+        assert_eq!(lo.state, "Failed");
+        assert_eq!(
+            lo.description,
+            "Machine m1 health checks failing since last 10m0s minutes. Updating machine phase to Failed. Node Conditions: Ready=False"
+        );
 
         let mut disabled = m.clone();
         disabled.spec.disable_health_timeout = Some(true);
