@@ -11,8 +11,8 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use metal_driver::metal::DeviceCreateInput;
 use metal_driver::metal::types::DeviceList;
-use metal_driver::provider::provider_id::ProviderId;
 use metal_driver::provider::spec::ProviderSpec;
+use metal_driver::provider_id::ProviderId;
 use metal_driver::sim::{self, DEFAULT_PROJECT, DEFAULT_TOKEN, SimArgs};
 
 /// A providerSpec as Gardener's Equinix Metal extension emits it for a worker pool.

@@ -6,6 +6,8 @@
 #   controller                    talks to the driver through the CMI client only
 #   sim                           uses only the Metal API's types (metal::types)
 #   cli (machine_cli, manifest)   a CMI client too: no provider, metal, sim or controller
+#   shared (provider_id,          the wire concepts driver, controller and CLI share: they use
+#           secret_data)          no layer and no transport, so every layer may use them
 #
 # Test code (`#[cfg(test)]` modules, inline or in their own files) may cross layers: a test
 # of the Metal client runs against the simulator, for example. Fails listing every offending
@@ -28,6 +30,8 @@ RULES = {
             "metal::client", "metal::retry", "metal::pagination"], ["tonic"]),
     "cli": (["src/machine_cli.rs", "src/manifest.rs"], ["provider", "metal", "sim", "controller",
             "cmi::server", "cmi::machine", "cmi::identity"], ["kube", "reqwest", "axum"]),
+    "shared": (["src/provider_id.rs", "src/secret_data.rs"], ["cmi", "provider", "metal", "sim",
+               "controller", "manifest", "machine_cli", "demo"], ["tonic", "kube", "reqwest", "axum", "hyper"]),
 }
 
 def test_files(root):
@@ -156,6 +160,7 @@ BREACHES = [
     ("src/controller/status.rs", "use crate::cmi::{client::CmiClient, server::Breach};", "controller must not use crate::cmi::server"),
     ("src/sim/state.rs", "use crate::{\n    metal::{types::A, client::Breach},\n};", "sim must not use crate::metal::client"),
     ("src/machine_cli.rs", "fn breach() { let _ = crate::sim::run; }", "cli must not use crate::sim"),
+    ("src/secret_data.rs", "use crate::controller::secrets::load;", "shared must not use crate::controller"),
 ]
 
 def self_test(root):

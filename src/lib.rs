@@ -3,7 +3,9 @@
 //! of the Metal API.
 //!
 //! Dependencies run one way: `cmi` → `provider` → `metal`; `sim` uses only `metal` types;
-//! `provider` never imports tonic, kube or reqwest.
+//! `provider` never imports tonic, kube or reqwest. The wire concepts that driver, controller
+//! and CLI share have one home each at the root: [`provider_id`] (the ProviderID) and
+//! [`secret_data`] (MCM's Secret merge and userData placeholders).
 
 pub mod cmi;
 pub mod controller;
@@ -13,7 +15,9 @@ pub mod machine_cli;
 pub mod manifest;
 pub mod metal;
 pub mod provider;
+pub mod provider_id;
 pub mod secret;
+pub mod secret_data;
 pub mod shutdown;
 pub mod sidecar;
 pub mod sim;

@@ -20,7 +20,8 @@ use crate::{
         calls::{CallError, MachineRef},
         client::{ClientError, CmiClient},
     },
-    manifest::{self, ManifestError, SecretData},
+    manifest::{self, ManifestError},
+    secret_data::{MissingUserData, SecretData},
 };
 
 /// Flags of `metal-driver machine`. They are global, so they may come before or after the
@@ -127,6 +128,9 @@ pub enum MachineCliError {
     /// The MachineClass or a Secret file could not be decoded.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// create: the Secrets have no userData, which the controller would refuse as well.
+    #[error(transparent)]
+    Secrets(#[from] MissingUserData),
     /// The endpoint is malformed or the driver is unreachable.
     #[error(transparent)]
     Connect(#[from] ClientError),
@@ -222,10 +226,17 @@ pub async fn execute(args: &MachineArgs) -> Result<Outcome, MachineCliError> {
 
     let tls = args.tls.load()?;
     let client = CmiClient::connect_tls(endpoint, args.timeout, tls.as_ref()).await?;
-    let machine = MachineRef::new(&name, &provider_spec, &secrets).with_provider_id(&provider_id);
+    let merged = secrets.to_cmi();
+    let machine = MachineRef::new(&name, &provider_spec, &merged).with_provider_id(&provider_id);
     let outcome = match action {
         MachineAction::Create => {
-            let created = client.create_machine(machine).await?;
+            let for_create = secrets.for_create(&name)?;
+            let created = client
+                .create_machine(MachineRef {
+                    secrets: &for_create,
+                    ..machine
+                })
+                .await?;
             Outcome::Created {
                 machine: name,
                 provider_id: created.provider_id,
@@ -241,7 +252,7 @@ pub async fn execute(args: &MachineArgs) -> Result<Outcome, MachineCliError> {
             }
         }
         MachineAction::List => {
-            let listed = client.list_machines(&provider_spec, &secrets).await?;
+            let listed = client.list_machines(&provider_spec, &merged).await?;
             Outcome::Listed {
                 machines: listed.into_iter().collect(),
             }
@@ -259,7 +270,8 @@ pub async fn execute(args: &MachineArgs) -> Result<Outcome, MachineCliError> {
 }
 
 /// The `--secret` files merged in order, or, without any, the Secrets bundled in the class
-/// file (none is fine: the driver then says which key it misses).
+/// file (none is fine: create then reports the missing userData, and the driver any other
+/// key it misses).
 fn load_secrets(args: &MachineArgs, class_path: &Path) -> Result<SecretData, ManifestError> {
     if !args.secrets.is_empty() {
         return manifest::load_secrets(&args.secrets);
@@ -269,10 +281,10 @@ fn load_secrets(args: &MachineArgs, class_path: &Path) -> Result<SecretData, Man
         source,
     })?;
     match manifest::parse_secrets(&class_path.display().to_string(), &text) {
-        Ok(secrets) => Ok(manifest::merge_secrets(
+        Ok(secrets) => Ok(SecretData::merge(
             secrets.into_iter().map(|secret| secret.data),
         )),
-        Err(ManifestError::WrongKind { .. }) => Ok(SecretData::new()),
+        Err(ManifestError::WrongKind { .. }) => Ok(SecretData::default()),
         Err(error) => Err(error),
     }
 }
@@ -520,7 +532,7 @@ mod tests {
     }
 
     /// One recorded call: machine name, ProviderSpec, Secrets, ProviderID.
-    type Call = (String, Vec<u8>, SecretData, String);
+    type Call = (String, Vec<u8>, HashMap<String, Vec<u8>>, String);
 
     /// A driver stand-in that records what it was sent.
     #[derive(Clone, Default)]
@@ -685,8 +697,44 @@ mod tests {
         let spec: serde_json::Value = serde_json::from_slice(spec).unwrap();
         assert_eq!(spec["machineType"], "c3.small.x86");
         assert_eq!(secrets["apiToken"], b"sim-token");
-        assert!(secrets.contains_key("userData"));
-        assert_eq!(seen[2].3, "equinixmetal://d1");
+        // What the controller sends: the machine name in create's userData, and the data as
+        // merged in every other call.
+        let user_data = String::from_utf8_lossy(&secrets["userData"]);
+        assert!(user_data.contains("hostname: m1\n"), "{user_data}");
+        assert!(!user_data.contains("<<MACHINE_NAME>>"), "{user_data}");
+        let (_, _, delete_secrets, delete_id) = &seen[2];
+        assert!(String::from_utf8_lossy(&delete_secrets["userData"]).contains("<<MACHINE_NAME>>"));
+        assert_eq!(delete_id, "equinixmetal://d1");
+    }
+
+    #[tokio::test]
+    async fn create_without_user_data_is_refused_before_the_call() {
+        let fake = Fake::default();
+        let endpoint = serve(fake.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("credentials.yaml");
+        std::fs::write(
+            &secret,
+            "apiVersion: v1\nkind: Secret\nstringData: {apiToken: TOPSECRET}\n",
+        )
+        .unwrap();
+        let class = samples("machine-class.yaml");
+        let args = parse(&[
+            "create",
+            "--name",
+            "m1",
+            "--endpoint",
+            &endpoint,
+            "--class",
+            &class,
+            "--secret",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap();
+        let error = execute(&args).await.unwrap_err();
+        assert!(matches!(error, MachineCliError::Secrets(_)), "{error:?}");
+        assert!(!error.to_string().contains("TOPSECRET"), "{error}");
+        assert!(fake.seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

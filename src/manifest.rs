@@ -1,5 +1,6 @@
 //! Decodes kubectl-style YAML (a MachineClass and its Secrets) into what a CMI call carries:
-//! the `providerSpec` as compact JSON bytes and the merged Secret data.
+//! the `providerSpec` as compact JSON bytes and the merged Secret data ([`SecretData`], merged
+//! as the controller merges it).
 //!
 //! Why this exists: the `machine` CLI (and tests) must hand the driver exactly what MCM would,
 //! without a cluster. MCM sends `MachineClass.providerSpec` (a top-level field — a
@@ -19,14 +20,13 @@ use std::{
 use base64::Engine as _;
 use serde_json::Value;
 
+use crate::secret_data::SecretData;
+
 /// The `apiVersion` of MCM's MachineClass (the only served version).
 pub const MACHINE_CLASS_API_VERSION: &str = "machine.sapcloud.io/v1alpha1";
 
 /// The `apiVersion` of a core Secret.
 pub const SECRET_API_VERSION: &str = "v1";
-
-/// Merged Secret data, as `cmi.v1` `Secrets` carries it.
-pub type SecretData = HashMap<String, Vec<u8>>;
 
 /// Why a manifest could not be decoded. `file` is the path as given (with `#N` appended when
 /// the file holds several documents), so the user can find the document at fault; `field` is
@@ -89,9 +89,10 @@ impl fmt::Display for SecretReference {
     }
 }
 
-/// The parts of a MachineClass a CMI call needs.
+/// The parts of a MachineClass manifest a CMI call needs (the controller's full object is
+/// `controller::crd::MachineClass`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct MachineClass {
+pub struct ClassManifest {
     /// `metadata.name`, if set (kubectl would require it; a CMI call does not).
     pub name: Option<String>,
     /// `metadata.namespace`, if set.
@@ -106,27 +107,28 @@ pub struct MachineClass {
     pub credentials_secret_ref: Option<SecretReference>,
 }
 
-impl MachineClass {
+impl ClassManifest {
     /// The providerSpec as a JSON object (it was checked to be one when decoded).
     pub fn provider_spec_json(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::from_slice(&self.provider_spec).unwrap_or_default()
     }
 }
 
-/// One decoded Secret. `Debug` lists the keys only, so the data cannot reach a log line.
+/// One decoded Secret manifest. `Debug` lists the keys only, so the data cannot reach a log
+/// line.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret {
+pub struct SecretManifest {
     pub name: Option<String>,
     pub namespace: Option<String>,
     /// `data` (base64-decoded) overlaid with `stringData`, as the API server does.
-    pub data: SecretData,
+    pub data: HashMap<String, Vec<u8>>,
 }
 
-impl fmt::Debug for Secret {
+impl fmt::Debug for SecretManifest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut keys: Vec<&String> = self.data.keys().collect();
         keys.sort();
-        f.debug_struct("Secret")
+        f.debug_struct("SecretManifest")
             .field("name", &self.name)
             .field("namespace", &self.namespace)
             .field("keys", &keys)
@@ -136,7 +138,7 @@ impl fmt::Debug for Secret {
 
 /// Reads `path` and decodes its one MachineClass document. Other kinds in the same file (a
 /// Gardener-style bundle also holds the userData Secret) are skipped.
-pub fn load_machine_class(path: &Path) -> Result<MachineClass, ManifestError> {
+pub fn load_machine_class(path: &Path) -> Result<ClassManifest, ManifestError> {
     let text = read(path)?;
     parse_machine_class(&path.display().to_string(), &text)
 }
@@ -150,21 +152,13 @@ pub fn load_secrets<P: AsRef<Path>>(paths: &[P]) -> Result<SecretData, ManifestE
         let text = read(path)?;
         secrets.extend(parse_secrets(&path.display().to_string(), &text)?);
     }
-    Ok(merge_secrets(secrets.into_iter().map(|secret| secret.data)))
-}
-
-/// Merges Secret data maps in order; a later map wins on a key clash (MCM's
-/// `mergeDataMaps`).
-pub fn merge_secrets(maps: impl IntoIterator<Item = SecretData>) -> SecretData {
-    let mut merged = SecretData::new();
-    for map in maps {
-        merged.extend(map);
-    }
-    merged
+    Ok(SecretData::merge(
+        secrets.into_iter().map(|secret| secret.data),
+    ))
 }
 
 /// Decodes the one MachineClass in `text`; `file` names it in errors.
-pub fn parse_machine_class(file: &str, text: &str) -> Result<MachineClass, ManifestError> {
+pub fn parse_machine_class(file: &str, text: &str) -> Result<ClassManifest, ManifestError> {
     let documents = documents(file, text)?;
     let mut found = Vec::new();
     let mut other_kinds = Vec::new();
@@ -191,7 +185,7 @@ pub fn parse_machine_class(file: &str, text: &str) -> Result<MachineClass, Manif
 
 /// Decodes every Secret in `text`, in document order; other kinds are skipped, but a file
 /// with no Secret at all is an error (it was surely passed by mistake).
-pub fn parse_secrets(file: &str, text: &str) -> Result<Vec<Secret>, ManifestError> {
+pub fn parse_secrets(file: &str, text: &str) -> Result<Vec<SecretManifest>, ManifestError> {
     let documents = documents(file, text)?;
     let mut secrets = Vec::new();
     let mut other_kinds = Vec::new();
@@ -361,7 +355,7 @@ impl Document {
     }
 }
 
-fn decode_machine_class(document: &Document) -> Result<MachineClass, ManifestError> {
+fn decode_machine_class(document: &Document) -> Result<ClassManifest, ManifestError> {
     document.check_api_version(MACHINE_CLASS_API_VERSION)?;
     let (name, namespace) = document.metadata()?;
     let provider_spec = match document.value.get("providerSpec") {
@@ -396,7 +390,7 @@ fn decode_machine_class(document: &Document) -> Result<MachineClass, ManifestErr
             format!("not representable as JSON: {error}"),
         )
     })?;
-    Ok(MachineClass {
+    Ok(ClassManifest {
         name,
         namespace,
         provider: document.optional_string(&document.value, "provider", "provider")?,
@@ -452,10 +446,10 @@ fn entries(document: &Document, field: &str) -> Result<Vec<(String, String)>, Ma
     Ok(out)
 }
 
-fn decode_secret(document: &Document) -> Result<Secret, ManifestError> {
+fn decode_secret(document: &Document) -> Result<SecretManifest, ManifestError> {
     document.check_api_version(SECRET_API_VERSION)?;
     let (name, namespace) = document.metadata()?;
-    let mut data = SecretData::new();
+    let mut data = HashMap::new();
     for (key, encoded) in entries(document, "data")? {
         // Go's StdEncoding (what the API server uses) skips line breaks inside the text.
         let compact: String = encoded
@@ -474,7 +468,7 @@ fn decode_secret(document: &Document) -> Result<Secret, ManifestError> {
     for (key, value) in entries(document, "stringData")? {
         data.insert(key, value.into_bytes());
     }
-    Ok(Secret {
+    Ok(SecretManifest {
         name,
         namespace,
         data,
@@ -731,11 +725,11 @@ credentialsSecretRef: {name: creds, namespace: default}
             "apiVersion: v1\nkind: Secret\nstringData: {apiToken: t, projectID: new}\n---\napiVersion: v1\nkind: Secret\nstringData: {apiToken: t2}\n",
         )
         .unwrap();
-        let merged = load_secrets(&[&first, &second]).unwrap();
+        let merged = load_secrets(&[&first, &second]).unwrap().to_cmi();
         assert_eq!(merged["userData"], b"u");
         assert_eq!(merged["projectID"], b"new");
         assert_eq!(merged["apiToken"], b"t2");
-        let merged = load_secrets(&[&second, &first]).unwrap();
+        let merged = load_secrets(&[&second, &first]).unwrap().to_cmi();
         assert_eq!(merged["projectID"], b"old");
         let error = load_secrets(&[dir.path().join("absent.yaml")])
             .unwrap_err()
@@ -755,7 +749,7 @@ credentialsSecretRef: {name: creds, namespace: default}
     #[test]
     fn samples_decode_and_have_required_keys() {
         let dir = sample_dir();
-        let secrets = load_secrets(&[dir.join("secret.yaml")]).unwrap();
+        let secrets = load_secrets(&[dir.join("secret.yaml")]).unwrap().to_cmi();
         for key in ["apiToken", "projectID", "userData"] {
             assert!(secrets.contains_key(key), "secret.yaml lacks {key}");
         }

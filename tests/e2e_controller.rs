@@ -26,7 +26,10 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
-use metal_driver::controller::crd::{Machine, MachineClass};
+use metal_driver::{
+    controller::crd::{Machine, MachineClass},
+    provider_id::ProviderId,
+};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -579,12 +582,9 @@ where
     }
 }
 
+/// The device id (as the simulator spells it) inside a ProviderID; empty when it is none.
 fn uuid_of(provider_id: &str) -> String {
-    provider_id
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
+    ProviderId::parse(provider_id).map_or_else(|_| String::new(), |id| id.uuid().to_string())
 }
 
 /// Asserts that live devices and Machines correspond one to one via `spec.providerID`.

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metal_driver::provider::{Error, provider_id::ProviderId};
+use metal_driver::{provider::Error, provider_id::ProviderId};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
@@ -11,9 +11,12 @@ fuzz_target!(|data: &[u8]| {
     };
     match ProviderId::parse(s) {
         Ok(id) => assert_eq!(ProviderId::parse(&id.to_string()).ok(), Some(id)),
-        Err(e) => assert!(
-            matches!(&e, Error::InvalidArgument { field, .. } if field == "providerID"),
-            "{e:?}"
-        ),
+        Err(e) => {
+            let e = Error::from(e);
+            assert!(
+                matches!(&e, Error::InvalidArgument { field, .. } if field == "providerID"),
+                "{e:?}"
+            )
+        }
     }
 });

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use clap::Parser;
 use metal_driver::cmi::calls::{CallError, MachineRef};
 use metal_driver::cmi::client::CmiClient;
-use metal_driver::metal::DeviceCreateInput;
+use metal_driver::metal::{DeviceCreateInput, Operation};
 use metal_driver::sim::{self, DEFAULT_PROJECT, DEFAULT_TOKEN, Fault, SimArgs, SimHandle};
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
@@ -1032,7 +1032,7 @@ fn api_calls(ctx: &Ctx, report: &mut Report) {
                 outcome(&again),
             );
 
-            sim.handle().inject("createDevice", Fault::Drop, 1);
+            sim.handle().inject(Operation::CreateDevice, Fault::Drop, 1);
             let b = sim.requests();
             let lost = create(&cmi, "bench-calls-1").await;
             row(
@@ -1157,7 +1157,7 @@ fn list_scale(ctx: &Ctx, report: &mut Report) {
                 idle.push(driver.hwm_mb());
                 let before = sim
                     .requests()
-                    .get("findProjectDevices")
+                    .get(Operation::FindProjectDevices.operation_id())
                     .copied()
                     .unwrap_or(0);
                 for i in 0..3 {
@@ -1177,7 +1177,7 @@ fn list_scale(ctx: &Ctx, report: &mut Report) {
                 }
                 let after = sim
                     .requests()
-                    .get("findProjectDevices")
+                    .get(Operation::FindProjectDevices.operation_id())
                     .copied()
                     .unwrap_or(0);
                 pages.push((after - before) as f64 / 3.0);

@@ -71,11 +71,12 @@ impl From<provider::Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metal::Operation;
     use provider::Error as E;
 
     fn api(status: u16) -> E {
         E::Api(metal::Error::Status {
-            endpoint: "findDeviceById",
+            endpoint: Operation::FindDeviceById,
             status,
             message: "x".into(),
             retry_after: None,
@@ -122,14 +123,14 @@ mod tests {
             (api(503), Code::Unavailable),
             (
                 E::Api(metal::Error::Transport {
-                    endpoint: "createDevice",
+                    endpoint: Operation::CreateDevice,
                     reason: "reset".into(),
                 }),
                 Code::Unavailable,
             ),
             (
                 E::Api(metal::Error::Deadline {
-                    endpoint: "createDevice",
+                    endpoint: Operation::CreateDevice,
                 }),
                 Code::DeadlineExceeded,
             ),

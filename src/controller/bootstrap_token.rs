@@ -23,11 +23,11 @@ use kube::{
 };
 use rand::Rng;
 
-use super::{
-    error::{Error, Result, is_not_found},
-    secrets::{has_placeholder, substitute_placeholder},
+use super::error::{Error, Result, is_not_found};
+use crate::{
+    secret::Secret,
+    secret_data::{has_placeholder, substitute_placeholder},
 };
-use crate::secret::Secret;
 
 /// The placeholder Gardener (and MCM's docs) put in userData.
 pub const PLACEHOLDER: &str = "<<BOOTSTRAP_TOKEN>>";

@@ -35,6 +35,7 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::cmi::{Rpc, calls::MachineRef};
+use crate::secret_data::SecretData;
 
 use super::{
     context::Context,
@@ -42,9 +43,7 @@ use super::{
     drain::{self, Drain, DrainError, mode},
     error::{Error, Result, is_not_found},
     machine::{MACHINE_FINALIZER, class_of},
-    machine_metrics, node_finalizer,
-    secrets::{self, SecretData},
-    similar,
+    machine_metrics, node_finalizer, secrets, similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 

@@ -10,6 +10,7 @@ use kube::runtime::finalizer;
 
 use super::status::{self, RetryPeriods};
 use crate::cmi::{Rpc, calls::CallError, codes::code_name};
+use crate::secret_data::MissingUserData;
 
 /// A failed reconcile, or a failure to start.
 #[derive(Debug, thiserror::Error)]
@@ -50,11 +51,8 @@ pub enum Error {
 
     /// The merged Secrets lack `userData`, which CreateMachine needs. Retried after
     /// ShortRetry as MCM does.
-    #[error("the MachineClass Secrets have no non-empty userData (keys present: [{keys}])")]
-    MissingUserData {
-        /// The keys that are present (names only).
-        keys: String,
-    },
+    #[error(transparent)]
+    MissingUserData(#[from] MissingUserData),
 
     /// The machine's bootstrap token cannot be made or read (a name too short for MCM's id
     /// derivation, or a token Secret without id/secret). Retried after ShortRetry.

@@ -48,6 +48,7 @@ use crate::cmi::{
     Rpc,
     calls::{CallError, MachineRef},
 };
+use crate::secret_data;
 
 use super::{
     bootstrap_token,
@@ -321,7 +322,7 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
                 ..Default::default()
             };
             patch_status(m, ctx, &update).await?;
-            return Err(error);
+            return Err(error.into());
         }
     };
     if let Some(target) = &ctx.target {
@@ -434,7 +435,7 @@ async fn add_bootstrap_token(
     target: &kube::Client,
     secrets: &mut std::collections::HashMap<String, Vec<u8>>,
 ) -> Result<()> {
-    let Some(user_data) = secrets.get_mut(secrets::USER_DATA) else {
+    let Some(user_data) = secrets.get_mut(secret_data::USER_DATA) else {
         return Ok(());
     };
     let wanted = bootstrap_token::wanted(user_data);

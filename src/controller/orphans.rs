@@ -29,9 +29,8 @@ use kube::{
     core::DeserializeGuard,
 };
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::cmi::calls::MachineRef;
+use crate::{cmi::calls::MachineRef, provider_id::ProviderId};
 
 use super::{
     context::Context,
@@ -71,23 +70,6 @@ pub struct Orphan {
     pub machine_name: String,
 }
 
-/// The device UUID inside any accepted providerID form, if there is one.
-pub fn device_uuid(provider_id: &str) -> Option<Uuid> {
-    let rest = provider_id
-        .split_once("://")
-        .map_or(provider_id, |(_, r)| r);
-    let last = rest.rsplit('/').next().unwrap_or(rest);
-    Uuid::parse_str(last).ok()
-}
-
-/// Whether two providerIDs name the same device (by UUID; by exact text if either has none).
-pub fn same_device(a: &str, b: &str) -> bool {
-    match (device_uuid(a), device_uuid(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
-}
-
 /// The devices in `listed` (providerID → machine name) that no Machine in `machines`
 /// (name → what we know) accounts for.
 pub fn find_orphans(
@@ -107,7 +89,7 @@ pub fn find_orphans(
                 }
                 Some(Known::Machine {
                     provider_id: own, ..
-                }) => !same_device(own, provider_id),
+                }) => !ProviderId::same_device(own, provider_id),
             },
         )
         .map(|(provider_id, machine_name)| Orphan {
@@ -341,24 +323,6 @@ mod tests {
             provider_id: provider_id.into(),
             phase: ph.into(),
         }
-    }
-
-    #[test]
-    fn uuid_forms_compare_equal() {
-        assert!(same_device(
-            &format!("equinixmetal://{A}"),
-            &format!("equinixmetal://da/{A}")
-        ));
-        assert!(same_device(&format!("packet://{A}"), A));
-        assert!(same_device(
-            &format!("equinixmetal://{A}"),
-            &format!("equinixmetal://{}", A.to_uppercase())
-        ));
-        assert!(!same_device(
-            &format!("equinixmetal://{A}"),
-            &format!("equinixmetal://{B}")
-        ));
-        assert!(!same_device("", &format!("equinixmetal://{A}")));
     }
 
     #[test]

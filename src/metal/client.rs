@@ -28,7 +28,7 @@ use std::{
 };
 
 use reqwest::{
-    Method, StatusCode,
+    StatusCode,
     header::{self, HeaderMap, HeaderValue},
 };
 use serde::de::DeserializeOwned;
@@ -37,8 +37,8 @@ use uuid::Uuid;
 
 use super::{
     Call, DeviceActionInput, DeviceApi, DeviceCreateInput, DeviceList, DeviceUpdateInput,
-    ErrorBody, ListQuery,
-    error::{Endpoint, Error},
+    ErrorBody, ListQuery, Operation,
+    error::{CUT_MARK, Error, flatten_whitespace},
     pagination,
     retry::{self, Decision, Idempotency, Outcome, RetryPolicy},
     types::Device,
@@ -171,13 +171,36 @@ impl fmt::Debug for MetalClient {
     }
 }
 
-/// One request, kept so that it can be sent again.
+/// One request, kept so that it can be sent again. Method and path come from its
+/// [`Operation`].
 struct Request {
-    endpoint: Endpoint,
-    method: Method,
-    path: String,
+    endpoint: Operation,
+    /// The project or device id in the path.
+    id: Uuid,
     query: Vec<(&'static str, String)>,
     body: Option<Vec<u8>>,
+}
+
+impl Request {
+    fn new(endpoint: Operation, id: Uuid) -> Self {
+        Self {
+            endpoint,
+            id,
+            query: Vec::new(),
+            body: None,
+        }
+    }
+
+    fn with_query(mut self, query: Vec<(&'static str, String)>) -> Self {
+        self.query = query;
+        self
+    }
+
+    /// The JSON body; fails only if our own type does not serialize.
+    fn with_json<T: serde::Serialize>(mut self, value: &T) -> Result<Self, Error> {
+        self.body = Some(json_body(self.endpoint, value)?);
+        Ok(self)
+    }
 }
 
 /// A failed attempt: the error to return, and what the retry policy sees (`None`: never
@@ -260,7 +283,7 @@ impl MetalClient {
     /// Send `req` with retries; the body of the 2xx answer.
     async fn send(&self, call: &Call, req: Request) -> Result<Vec<u8>, Error> {
         let endpoint = req.endpoint;
-        let url = self.url(&req.path);
+        let url = self.url(&endpoint.path(req.id));
         let Ok(mut token) = HeaderValue::from_str(call.token.expose()) else {
             // Nothing was sent. A token that is not a header value cannot authenticate,
             // so report it the way the API would have: 401.
@@ -274,7 +297,7 @@ impl MetalClient {
             });
         };
         token.set_sensitive(true);
-        let kind = Idempotency::of(&req.method);
+        let kind = Idempotency::of(&endpoint.method());
         let cfg = &self.inner.config;
         let mut retries = 0u32;
         loop {
@@ -331,10 +354,10 @@ impl MetalClient {
                 return Err(failed.error);
             }
             if let Some(metrics) = &self.inner.metrics {
-                metrics.retry(endpoint, reason);
+                metrics.retry(endpoint.operation_id(), reason);
             }
             tracing::debug!(
-                endpoint,
+                endpoint = endpoint.operation_id(),
                 reason,
                 delay_ms = millis(delay),
                 retry = retries + 1,
@@ -347,11 +370,11 @@ impl MetalClient {
 
     fn record(&self, req: &Request, status: &str, retries: u32, elapsed: Duration) {
         if let Some(metrics) = &self.inner.metrics {
-            metrics.observe(req.endpoint, status, elapsed);
+            metrics.observe(req.endpoint.operation_id(), status, elapsed);
         }
         tracing::debug!(
-            endpoint = req.endpoint,
-            method = %req.method,
+            endpoint = req.endpoint.operation_id(),
+            method = %req.endpoint.method(),
             status,
             attempt = retries + 1,
             elapsed_ms = millis(elapsed),
@@ -370,7 +393,7 @@ impl MetalClient {
         let mut builder = self
             .inner
             .http
-            .request(req.method.clone(), url)
+            .request(req.endpoint.method(), url)
             .header("X-Auth-Token", token.clone());
         if !req.query.is_empty() {
             builder = builder.query(&req.query);
@@ -459,18 +482,14 @@ impl MetalClient {
         query: &ListQuery,
         page: u32,
     ) -> Result<DeviceList, Error> {
-        let req = Request {
-            endpoint: "findProjectDevices",
-            method: Method::GET,
-            path: format!("/projects/{project}/devices"),
-            query: pagination::page_params(query, page, self.inner.config.per_page),
-            body: None,
-        };
+        let req = Request::new(Operation::FindProjectDevices, project).with_query(
+            pagination::page_params(query, page, self.inner.config.per_page),
+        );
         self.json(call, req).await
     }
 }
 
-fn json_body<T: serde::Serialize>(endpoint: Endpoint, value: &T) -> Result<Vec<u8>, Error> {
+fn json_body<T: serde::Serialize>(endpoint: Operation, value: &T) -> Result<Vec<u8>, Error> {
     // Our own types always serialize; keep the reason free of the (secret-bearing) input.
     serde_json::to_vec(value).map_err(|e| Error::Decode {
         endpoint,
@@ -485,26 +504,13 @@ impl DeviceApi for MetalClient {
         project: Uuid,
         input: &DeviceCreateInput,
     ) -> Result<Device, Error> {
-        let endpoint = "createDevice";
-        let req = Request {
-            endpoint,
-            method: Method::POST,
-            path: format!("/projects/{project}/devices"),
-            query: Vec::new(),
-            body: Some(json_body(endpoint, input)?),
-        };
+        let req = Request::new(Operation::CreateDevice, project).with_json(input)?;
         self.json(call, req).await
     }
 
     async fn get_device(&self, call: &Call, id: Uuid) -> Result<Device, Error> {
-        let req = Request {
-            endpoint: "findDeviceById",
-            method: Method::GET,
-            path: format!("/devices/{id}"),
-            query: Vec::new(),
-            body: None,
-        };
-        self.json(call, req).await
+        self.json(call, Request::new(Operation::FindDeviceById, id))
+            .await
     }
 
     async fn list_project_devices_kept<T, K>(
@@ -519,7 +525,7 @@ impl DeviceApi for MetalClient {
         K: FnMut(Device) -> Option<T> + Send,
     {
         pagination::collect_kept(
-            "findProjectDevices",
+            Operation::FindProjectDevices,
             |page| self.device_page(call, project, query, page),
             keep,
         )
@@ -532,25 +538,13 @@ impl DeviceApi for MetalClient {
         id: Uuid,
         input: &DeviceUpdateInput,
     ) -> Result<Device, Error> {
-        let endpoint = "updateDevice";
-        let req = Request {
-            endpoint,
-            method: Method::PUT,
-            path: format!("/devices/{id}"),
-            query: Vec::new(),
-            body: Some(json_body(endpoint, input)?),
-        };
+        let req = Request::new(Operation::UpdateDevice, id).with_json(input)?;
         self.json(call, req).await
     }
 
     async fn delete_device(&self, call: &Call, id: Uuid, force: bool) -> Result<(), Error> {
-        let req = Request {
-            endpoint: "deleteDevice",
-            method: Method::DELETE,
-            path: format!("/devices/{id}"),
-            query: vec![("force_delete", force.to_string())],
-            body: None,
-        };
+        let req = Request::new(Operation::DeleteDevice, id)
+            .with_query(vec![("force_delete", force.to_string())]);
         self.send(call, req).await.map(drop)
     }
 
@@ -560,14 +554,7 @@ impl DeviceApi for MetalClient {
         id: Uuid,
         input: &DeviceActionInput,
     ) -> Result<(), Error> {
-        let endpoint = "performAction";
-        let req = Request {
-            endpoint,
-            method: Method::POST,
-            path: format!("/devices/{id}/actions"),
-            query: Vec::new(),
-            body: Some(json_body(endpoint, input)?),
-        };
+        let req = Request::new(Operation::PerformAction, id).with_json(input)?;
         self.send(call, req).await.map(drop)
     }
 }
@@ -596,7 +583,7 @@ fn validate_base_url(raw: &str) -> Result<String, ConfigError> {
 
 /// Decode a 2xx body. The reason names the JSON path and error class, never the value
 /// (a device carries `root_password`).
-fn decode<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, Error> {
+fn decode<T: DeserializeOwned>(endpoint: Operation, body: &[u8]) -> Result<T, Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -625,11 +612,7 @@ pub fn error_message(status: StatusCode, body: &[u8]) -> String {
         Some(message) => message,
         None => String::from_utf8_lossy(body).into_owned(),
     };
-    let flat = text
-        .split(|c: char| c.is_whitespace() || c.is_control())
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let flat = flatten_whitespace(&text);
     if flat.is_empty() {
         return status
             .canonical_reason()
@@ -641,7 +624,7 @@ pub fn error_message(status: StatusCode, body: &[u8]) -> String {
 
 fn truncate_chars(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
+        Some((cut, _)) => format!("{}{CUT_MARK}", &s[..cut]),
         None => s.to_owned(),
     }
 }
@@ -688,7 +671,7 @@ static DEPRECATION_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// Log RFC 8594/9745 `Deprecation`, `Sunset` and `Link: rel="sunset"` once per process:
 /// operators should hear about it, but not on every request.
-fn note_deprecation(endpoint: Endpoint, headers: &HeaderMap) {
+fn note_deprecation(endpoint: Operation, headers: &HeaderMap) {
     let deprecation = header_str(headers, "deprecation");
     let sunset = header_str(headers, "sunset");
     let link = headers
@@ -707,7 +690,7 @@ fn note_deprecation(endpoint: Endpoint, headers: &HeaderMap) {
     }
     let short = |v: Option<&str>| v.map(|v| truncate_chars(v, 200));
     tracing::warn!(
-        endpoint,
+        endpoint = endpoint.operation_id(),
         deprecation = short(deprecation),
         sunset = short(sunset),
         link = short(link),
@@ -1457,7 +1440,7 @@ mod tests {
             matches!(
                 err,
                 Error::Deadline {
-                    endpoint: "findDeviceById"
+                    endpoint: Operation::FindDeviceById
                 }
             ),
             "{err:?}"
@@ -1727,7 +1710,7 @@ mod tests {
         #[tokio::test]
         async fn a_dropped_create_surfaces_and_is_not_repeated() {
             let sim = sim::spawn(SimArgs::for_tests()).await.unwrap();
-            sim.inject("createDevice", Fault::Drop, 1);
+            sim.inject(Operation::CreateDevice, Fault::Drop, 1);
             let err = sim_client(&sim)
                 .create_device(&sim_call(), DEFAULT_PROJECT, &input("m-1"))
                 .await
@@ -1742,14 +1725,14 @@ mod tests {
         async fn create_503_surfaces_but_429_is_retried() {
             let sim = sim::spawn(SimArgs::for_tests()).await.unwrap();
             let c = sim_client(&sim);
-            sim.inject("createDevice", Fault::ServerError, 1);
+            sim.inject(Operation::CreateDevice, Fault::ServerError, 1);
             let err = c
                 .create_device(&sim_call(), DEFAULT_PROJECT, &input("m-1"))
                 .await
                 .unwrap_err();
             assert_eq!(err.status(), Some(503));
             assert!(sim.devices().is_empty());
-            sim.inject("createDevice", Fault::TooManyRequests, 2);
+            sim.inject(Operation::CreateDevice, Fault::TooManyRequests, 2);
             c.create_device(&sim_call(), DEFAULT_PROJECT, &input("m-1"))
                 .await
                 .unwrap();
@@ -1765,13 +1748,13 @@ mod tests {
                 .create_device(&sim_call(), DEFAULT_PROJECT, &input("m-1"))
                 .await
                 .unwrap();
-            sim.inject("findDeviceById", Fault::ServerError, 2);
-            sim.inject("findDeviceById", Fault::Drop, 1);
+            sim.inject(Operation::FindDeviceById, Fault::ServerError, 2);
+            sim.inject(Operation::FindDeviceById, Fault::Drop, 1);
             assert_eq!(
                 c.get_device(&sim_call(), d.id.unwrap()).await.unwrap().id,
                 d.id
             );
-            sim.inject("findProjectDevices", Fault::TooManyRequests, 1);
+            sim.inject(Operation::FindProjectDevices, Fault::TooManyRequests, 1);
             assert_eq!(
                 c.list_project_devices(&sim_call(), DEFAULT_PROJECT, &ListQuery::default())
                     .await
@@ -1779,7 +1762,7 @@ mod tests {
                     .len(),
                 1
             );
-            sim.inject("deleteDevice", Fault::Drop, 1);
+            sim.inject(Operation::DeleteDevice, Fault::Drop, 1);
             c.delete_device(&sim_call(), d.id.unwrap(), false)
                 .await
                 .unwrap_or_else(|e| {

@@ -6,15 +6,14 @@
 
 use std::time::Duration;
 
-/// The API operation (the spec's `operationId`), used in errors, logs and metric labels.
-pub type Endpoint = &'static str;
+use super::Operation;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The API answered with a non-success status. `message` is the API's own error text.
     #[error("Metal API {endpoint} returned HTTP {status}: {message}")]
     Status {
-        endpoint: Endpoint,
+        endpoint: Operation,
         status: u16,
         message: String,
         retry_after: Option<Duration>,
@@ -23,15 +22,29 @@ pub enum Error {
     /// No HTTP answer: connection refused or reset, TLS failure, or the response was lost.
     /// For a create this is ambiguous: the device may exist.
     #[error("Metal API {endpoint} unreachable: {reason}")]
-    Transport { endpoint: Endpoint, reason: String },
+    Transport { endpoint: Operation, reason: String },
 
     /// The caller's deadline (or our request timeout) passed before an answer.
     #[error("Metal API {endpoint} did not answer within the deadline")]
-    Deadline { endpoint: Endpoint },
+    Deadline { endpoint: Operation },
 
     /// The API answered 2xx with a body we cannot decode.
     #[error("Metal API {endpoint} sent a response that does not match the spec: {reason}")]
-    Decode { endpoint: Endpoint, reason: String },
+    Decode { endpoint: Operation, reason: String },
+}
+
+/// What ends an API error text that the client cut short (at
+/// [`MAX_ERROR_MESSAGE_CHARS`](super::client::MAX_ERROR_MESSAGE_CHARS) characters).
+pub const CUT_MARK: char = '…';
+
+/// An API error text as the client keeps it: every run of whitespace and control characters
+/// becomes one space, so a message is one log line. Whoever looks for a known string in such a
+/// text (the provider's secret scrubber) flattens it the same way.
+pub fn flatten_whitespace(text: &str) -> String {
+    text.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Error {
@@ -42,12 +55,13 @@ impl Error {
         }
     }
 
-    pub fn endpoint(&self) -> Endpoint {
+    /// The operation that failed (its `operationId` names it in errors, logs and metrics).
+    pub fn endpoint(&self) -> Operation {
         match self {
             Self::Status { endpoint, .. }
             | Self::Transport { endpoint, .. }
             | Self::Deadline { endpoint }
-            | Self::Decode { endpoint, .. } => endpoint,
+            | Self::Decode { endpoint, .. } => *endpoint,
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod error;
+pub mod operation;
 pub mod pagination;
 pub mod retry;
 pub mod types;
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 pub use error::Error;
+pub use operation::Operation;
 pub use types::*;
 
 use crate::secret::Secret;

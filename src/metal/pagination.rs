@@ -14,7 +14,7 @@ use std::{collections::HashSet, future::Future};
 
 use uuid::Uuid;
 
-use super::{Device, DeviceList, Error, ListQuery, error::Endpoint};
+use super::{Device, DeviceList, Error, ListQuery, Operation};
 
 /// The spec's maximum of `per_page`.
 pub const MAX_PER_PAGE: u32 = 1000;
@@ -57,7 +57,7 @@ pub fn has_next(list: &DeviceList) -> bool {
 
 /// Fetch pages `1, 2, ...` with `fetch` until [`has_next`] says stop; return every device
 /// in order. See [`collect_kept`].
-pub async fn collect_all<F, Fut>(endpoint: Endpoint, fetch: F) -> Result<Vec<Device>, Error>
+pub async fn collect_all<F, Fut>(endpoint: Operation, fetch: F) -> Result<Vec<Device>, Error>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<DeviceList, Error>>,
@@ -75,7 +75,7 @@ where
 /// More than [`MAX_PAGES`] pages is an [`Error::Decode`] rather than a silently truncated
 /// list.
 pub async fn collect_kept<T, F, Fut, K>(
-    endpoint: Endpoint,
+    endpoint: Operation,
     mut fetch: F,
     mut keep: K,
 ) -> Result<Vec<T>, Error>
@@ -140,7 +140,7 @@ mod tests {
         let asked = Arc::new(Mutex::new(Vec::new()));
         let asked2 = asked.clone();
         let pages = Arc::new(pages);
-        let r = collect_all("findProjectDevices", move |p| {
+        let r = collect_all(Operation::FindProjectDevices, move |p| {
             asked2.lock().unwrap().push(p);
             let pages = pages.clone();
             async move { Ok(pages.get(p as usize - 1).cloned().unwrap_or_default()) }
@@ -233,7 +233,7 @@ mod tests {
         ]);
         let mut offered = Vec::new();
         let kept = collect_kept(
-            "findProjectDevices",
+            Operation::FindProjectDevices,
             move |p| {
                 *fetched2.lock().unwrap() = p;
                 let pages = pages.clone();
@@ -256,12 +256,12 @@ mod tests {
 
     #[tokio::test]
     async fn errors_propagate() {
-        let r = collect_all("findProjectDevices", |p| async move {
+        let r = collect_all(Operation::FindProjectDevices, |p| async move {
             if p == 1 {
                 Ok(page(&[1], 1, 2, true))
             } else {
                 Err(Error::Transport {
-                    endpoint: "findProjectDevices",
+                    endpoint: Operation::FindProjectDevices,
                     reason: "reset".into(),
                 })
             }
@@ -272,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn endless_server_hits_the_guard() {
-        let r = collect_all("findProjectDevices", |p| async move {
+        let r = collect_all(Operation::FindProjectDevices, |p| async move {
             // Always "more", never a last page, fresh ids so nothing dedups.
             Ok(DeviceList {
                 devices: vec![dev(u128::from(p))],

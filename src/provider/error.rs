@@ -2,6 +2,7 @@
 //! variant to exactly one gRPC code; nothing here knows about gRPC.
 
 use crate::metal;
+use crate::provider_id::ProviderIdError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -55,5 +56,12 @@ impl Error {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// A ProviderID that does not parse is an invalid `providerID` field.
+impl From<ProviderIdError> for Error {
+    fn from(error: ProviderIdError) -> Self {
+        Self::invalid("providerID", error.to_string())
     }
 }

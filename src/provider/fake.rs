@@ -14,16 +14,8 @@ use uuid::Uuid;
 
 use crate::metal::{
     Call, Device, DeviceActionInput, DeviceActionType, DeviceApi, DeviceCreateInput, DeviceState,
-    DeviceUpdateInput, Error, Facility, ListQuery, Metro, Plan,
+    DeviceUpdateInput, Error, Facility, ListQuery, Metro, Operation, Plan,
 };
-
-/// Operation names (the spec's `operationId`s), used as keys for calls and faults.
-pub const CREATE: &str = "createDevice";
-pub const GET: &str = "findDeviceById";
-pub const LIST: &str = "findProjectDevices";
-pub const UPDATE: &str = "updateDevice";
-pub const DELETE: &str = "deleteDevice";
-pub const ACTION: &str = "performAction";
 
 /// A failure injected into the next call of one operation.
 #[derive(Debug, Clone)]
@@ -43,7 +35,7 @@ pub enum Fault {
 pub struct State {
     /// device → (project, device).
     pub devices: BTreeMap<Uuid, (Uuid, Device)>,
-    pub calls: HashMap<&'static str, usize>,
+    pub calls: HashMap<Operation, usize>,
     /// Every create body received, in order.
     pub creates: Vec<DeviceCreateInput>,
     pub updates: Vec<(Uuid, DeviceUpdateInput)>,
@@ -52,7 +44,7 @@ pub struct State {
     pub list_queries: Vec<ListQuery>,
     /// The token of every call.
     pub tokens: Vec<String>,
-    pub faults: HashMap<&'static str, VecDeque<Fault>>,
+    pub faults: HashMap<Operation, VecDeque<Fault>>,
     /// `hardware_reservation_id` values (None = on-demand) that answer a capacity 422.
     pub no_capacity: HashSet<Option<String>>,
     /// When set, any other token gets 401.
@@ -97,8 +89,8 @@ impl FakeApi {
     }
 
     /// Calls so far of one operation.
-    pub fn calls(&self, op: &str) -> usize {
-        self.state().calls.get(op).copied().unwrap_or(0)
+    pub fn calls(&self, op: Operation) -> usize {
+        self.state().calls.get(&op).copied().unwrap_or(0)
     }
 
     /// Calls so far of all operations.
@@ -107,7 +99,7 @@ impl FakeApi {
     }
 
     /// Makes the next call of `op` fail with `fault` (queued: several calls fail in order).
-    pub fn fail_next(&self, op: &'static str, fault: Fault) {
+    pub fn fail_next(&self, op: Operation, fault: Fault) {
         self.state().faults.entry(op).or_default().push_back(fault);
     }
 
@@ -139,7 +131,7 @@ impl FakeApi {
     }
 
     /// Counts the call, records the token, and returns an injected fault or a 401.
-    fn enter(&self, op: &'static str, call: &Call) -> Result<Option<Fault>, Error> {
+    fn enter(&self, op: Operation, call: &Call) -> Result<Option<Fault>, Error> {
         let mut s = self.state();
         *s.calls.entry(op).or_default() += 1;
         let token = call.token.expose().clone();
@@ -147,7 +139,7 @@ impl FakeApi {
         if s.valid_token.as_ref().is_some_and(|t| *t != token) {
             return Err(status(op, 401, "Invalid authentication token"));
         }
-        match s.faults.get_mut(op).and_then(VecDeque::pop_front) {
+        match s.faults.get_mut(&op).and_then(VecDeque::pop_front) {
             Some(Fault::Status(code, msg)) => Err(status(op, code, &msg)),
             Some(Fault::Transport(reason)) => Err(Error::Transport {
                 endpoint: op,
@@ -159,7 +151,7 @@ impl FakeApi {
     }
 }
 
-fn status(endpoint: &'static str, status: u16, message: &str) -> Error {
+fn status(endpoint: Operation, status: u16, message: &str) -> Error {
     Error::Status {
         endpoint,
         status,
@@ -168,7 +160,7 @@ fn status(endpoint: &'static str, status: u16, message: &str) -> Error {
     }
 }
 
-fn not_found(op: &'static str) -> Error {
+fn not_found(op: Operation) -> Error {
     status(op, 404, "Not found")
 }
 
@@ -183,7 +175,7 @@ impl DeviceApi for FakeApi {
             self.create_entered.notify_one();
             self.create_release.notified().await;
         }
-        let fault = self.enter(CREATE, call)?;
+        let fault = self.enter(Operation::CreateDevice, call)?;
         let mut s = self.state();
         s.creates.push(input.clone());
         if s.no_capacity.contains(&input.hardware_reservation_id) {
@@ -192,7 +184,7 @@ impl DeviceApi for FakeApi {
                 None => "Oh snap, something went wrong! We do not have enough capacity to provision this device"
                     .to_string(),
             };
-            return Err(status(CREATE, 422, &msg));
+            return Err(status(Operation::CreateDevice, 422, &msg));
         }
         let id = Uuid::new_v4();
         let device = Device {
@@ -224,7 +216,7 @@ impl DeviceApi for FakeApi {
         s.devices.insert(id, (project, device.clone()));
         match fault {
             Some(Fault::LostAfterCommit) => Err(Error::Transport {
-                endpoint: CREATE,
+                endpoint: Operation::CreateDevice,
                 reason: "connection reset after request was sent".into(),
             }),
             _ => Ok(device),
@@ -232,12 +224,12 @@ impl DeviceApi for FakeApi {
     }
 
     async fn get_device(&self, call: &Call, id: Uuid) -> Result<Device, Error> {
-        self.enter(GET, call)?;
+        self.enter(Operation::FindDeviceById, call)?;
         self.state()
             .devices
             .get(&id)
             .map(|(_, d)| d.clone())
-            .ok_or_else(|| not_found(GET))
+            .ok_or_else(|| not_found(Operation::FindDeviceById))
     }
 
     async fn list_project_devices_kept<T, K>(
@@ -251,7 +243,7 @@ impl DeviceApi for FakeApi {
         T: Send,
         K: FnMut(Device) -> Option<T> + Send,
     {
-        self.enter(LIST, call)?;
+        self.enter(Operation::FindProjectDevices, call)?;
         let mut s = self.state();
         s.list_queries.push(query.clone());
         Ok(s.devices
@@ -277,10 +269,13 @@ impl DeviceApi for FakeApi {
         id: Uuid,
         input: &DeviceUpdateInput,
     ) -> Result<Device, Error> {
-        self.enter(UPDATE, call)?;
+        self.enter(Operation::UpdateDevice, call)?;
         let mut s = self.state();
         s.updates.push((id, input.clone()));
-        let (_, device) = s.devices.get_mut(&id).ok_or_else(|| not_found(UPDATE))?;
+        let (_, device) = s
+            .devices
+            .get_mut(&id)
+            .ok_or_else(|| not_found(Operation::UpdateDevice))?;
         if let Some(locked) = input.locked {
             device.locked = Some(locked);
         }
@@ -291,17 +286,21 @@ impl DeviceApi for FakeApi {
     }
 
     async fn delete_device(&self, call: &Call, id: Uuid, _force: bool) -> Result<(), Error> {
-        self.enter(DELETE, call)?;
+        self.enter(Operation::DeleteDevice, call)?;
         let mut s = self.state();
         let locked = s
             .devices
             .get(&id)
-            .ok_or_else(|| not_found(DELETE))?
+            .ok_or_else(|| not_found(Operation::DeleteDevice))?
             .1
             .locked
             == Some(true);
         if locked {
-            return Err(status(DELETE, 422, "Cannot delete a locked device"));
+            return Err(status(
+                Operation::DeleteDevice,
+                422,
+                "Cannot delete a locked device",
+            ));
         }
         s.deletes.push(id);
         s.devices.remove(&id);
@@ -314,10 +313,13 @@ impl DeviceApi for FakeApi {
         id: Uuid,
         input: &DeviceActionInput,
     ) -> Result<(), Error> {
-        self.enter(ACTION, call)?;
+        self.enter(Operation::PerformAction, call)?;
         let mut s = self.state();
         s.actions.push((id, input.clone()));
-        let (_, device) = s.devices.get_mut(&id).ok_or_else(|| not_found(ACTION))?;
+        let (_, device) = s
+            .devices
+            .get_mut(&id)
+            .ok_or_else(|| not_found(Operation::PerformAction))?;
         match input.type_ {
             DeviceActionType::PowerOff => device.state = Some(DeviceState::Inactive),
             DeviceActionType::PowerOn => device.state = Some(DeviceState::Active),

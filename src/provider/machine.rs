@@ -9,7 +9,7 @@
 //! - A create error for which [`metal::Error::may_have_committed`] holds means "look before
 //!   doing anything else": the device may exist.
 //! - Every other API error is returned as [`Error::Api`] (after removing secrets from its
-//!   text) and `cmi::status` maps it by HTTP status.
+//!   text by [`Scrubber`]) and `cmi::status` maps it by HTTP status.
 
 use std::collections::BTreeMap;
 
@@ -18,14 +18,15 @@ use uuid::Uuid;
 
 use crate::metal::{
     self, Call, Device, DeviceActionInput, DeviceActionType, DeviceApi, DeviceCreateInput,
-    DeviceState, DeviceUpdateInput,
+    DeviceState, DeviceUpdateInput, Operation,
 };
+use crate::provider_id::ProviderId;
 
 use super::credentials::Credentials;
 use super::inflight::InFlight;
 use super::lookup::{self, identity_tag, is_going_away};
-use super::provider_id::ProviderId;
 use super::scope::Scope;
+use super::scrub::Scrubber;
 use super::spec::{Location, ProviderSpec, parse_uuid};
 use super::{Error, ListRequest, MachineRequest};
 
@@ -96,8 +97,8 @@ struct Ctx {
     scope: Scope,
     project: Uuid,
     call: Call,
-    /// Strings that must not leave the process inside an error message.
-    secrets: Vec<String>,
+    /// Removes the call's secrets from API error texts.
+    scrubber: Scrubber,
 }
 
 impl Ctx {
@@ -108,19 +109,19 @@ impl Ctx {
                 "required (in the providerSpec or as projectID in the Secret)",
             )
         })?;
-        let secrets = scrub_list(&creds, &scope);
+        let scrubber = Scrubber::new(&creds, &scope);
         let call = Call::new(creds.api_token).with_deadline(deadline);
         Ok(Self {
             scope,
             project,
             call,
-            secrets,
+            scrubber,
         })
     }
 
     /// An API error as the caller may see it: secrets removed from its text.
     fn api_err(&self, e: metal::Error) -> Error {
-        Error::Api(scrub(e, &self.secrets))
+        Error::Api(self.scrubber.scrub(e))
     }
 
     fn check_deadline(&self, what: &str) -> Result<(), Error> {
@@ -202,7 +203,7 @@ impl<A: DeviceApi> Provider<A> {
                         Ok(d)
                     } else {
                         Err(metal::Error::Decode {
-                            endpoint: "createDevice",
+                            endpoint: Operation::CreateDevice,
                             reason: "the device has no id".into(),
                         })
                     }
@@ -215,14 +216,14 @@ impl<A: DeviceApi> Provider<A> {
                 Err(e) if is_out_of_capacity(&e) => {
                     let what = reservation
                         .map_or_else(|| "on-demand".to_string(), |r| format!("reservation {r}"));
-                    let e = scrub(e, &ctx.secrets);
+                    let e = ctx.scrubber.scrub(e);
                     tracing::info!(machine, reservation, "no capacity, trying the next option");
                     refusals.push(format!("{what}: {}", e.api_message().unwrap_or_default()));
                     next += 1;
                 }
                 Err(e) if e.may_have_committed() => {
                     ambiguous += 1;
-                    tracing::warn!(machine, attempt = ambiguous, error = %scrub(e.clone(), &ctx.secrets),
+                    tracing::warn!(machine, attempt = ambiguous, error = %ctx.scrubber.scrub(e.clone()),
                         "create may have committed; looking before retrying");
                     if let Some(device) = self.adopt_existing(&ctx, &spec, machine).await? {
                         return machine_info(&device, machine);
@@ -708,14 +709,6 @@ fn not_ours(device: &Device, id: Uuid, ctx: &Ctx) -> Option<String> {
     None
 }
 
-/// Shortest secret worth scrubbing: replacing a 1-character userData everywhere would
-/// destroy the message and protect nothing.
-const MIN_SCRUB_LEN: usize = 6;
-/// Individual userData lines at least this long are scrubbed too (an API may echo a part).
-const MIN_SCRUB_LINE_LEN: usize = 16;
-
-/// Every string to remove from API error texts: the token, the userData (whole and its long
-/// lines) and customData (serialized, and its long string values).
 /// The providerSpec as the non-create calls read it (see [`Scope`]): unknown fields are
 /// logged and ignored, so a class that no longer validates cannot trap its Machines.
 fn lenient_scope(provider_spec: &[u8], rpc: &str) -> Result<Scope, Error> {
@@ -728,97 +721,6 @@ fn lenient_scope(provider_spec: &[u8], rpc: &str) -> Result<Scope, Error> {
         );
     }
     Ok(scope)
-}
-
-fn scrub_list(creds: &Credentials, scope: &Scope) -> Vec<String> {
-    let mut out: Vec<String> = creds
-        .secret_strings()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    if let Some(ud) = &creds.user_data {
-        out.extend(
-            ud.expose()
-                .lines()
-                .map(str::trim)
-                .filter(|l| l.len() >= MIN_SCRUB_LINE_LEN)
-                .map(str::to_string),
-        );
-    }
-    if let Some(cd) = &scope.custom_data {
-        out.push(cd.expose().to_string());
-        collect_strings(cd.expose(), &mut out);
-    }
-    // An API that echoes the JSON request body shows each string JSON-escaped (`\"`, `\n`),
-    // and the client flattens whitespace runs in error texts: scrub those forms too.
-    let variants: Vec<String> = out
-        .iter()
-        .flat_map(|s| {
-            let escaped = serde_json::to_string(s)
-                .ok()
-                .and_then(|j| j.get(1..j.len().saturating_sub(1)).map(str::to_owned));
-            let flat = flatten_whitespace(s);
-            let escaped_flat = escaped.as_deref().map(flatten_whitespace);
-            [escaped, Some(flat), escaped_flat].into_iter().flatten()
-        })
-        .collect();
-    out.extend(variants);
-    out.retain(|s| s.len() >= MIN_SCRUB_LEN);
-    // Longest first, so a line inside the whole userData does not break its replacement.
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    out.dedup();
-    out
-}
-
-/// Whitespace and control-character runs as one space, as the API client prints error texts.
-fn flatten_whitespace(s: &str) -> String {
-    s.split(|c: char| c.is_whitespace() || c.is_control())
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::String(s) if s.len() >= MIN_SCRUB_LINE_LEN => out.push(s.clone()),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
-        serde_json::Value::Object(m) => m.values().for_each(|x| collect_strings(x, out)),
-        _ => {}
-    }
-}
-
-fn scrub_text(text: &mut String, secrets: &[String]) {
-    for s in secrets {
-        if text.contains(s.as_str()) {
-            *text = text.replace(s.as_str(), "<redacted>");
-        }
-    }
-    // The API client cuts long error texts and marks the cut with `…`; a secret cut there
-    // leaves its beginning just before the mark. Redact any such beginning.
-    if let Some(body) = text.strip_suffix('…') {
-        let cut = secrets.iter().find_map(|s| {
-            (MIN_SCRUB_LEN..s.len())
-                .rev()
-                .filter(|&n| s.is_char_boundary(n))
-                .find(|&n| body.ends_with(&s[..n]))
-                .map(|n| body.len() - n)
-        });
-        if let Some(at) = cut {
-            *text = format!("{}<redacted>…", &body[..at]);
-        }
-    }
-}
-
-/// The error with every secret string replaced by `<redacted>` in its free-text parts.
-fn scrub(mut e: metal::Error, secrets: &[String]) -> metal::Error {
-    match &mut e {
-        metal::Error::Status { message, .. } => scrub_text(message, secrets),
-        metal::Error::Transport { reason, .. } | metal::Error::Decode { reason, .. } => {
-            scrub_text(reason, secrets)
-        }
-        metal::Error::Deadline { .. } => {}
-    }
-    e
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::metal::{Facility, Metro, OperatingSystem, Plan};
-use crate::provider::fake::{self, FakeApi, Fault};
+use crate::provider::fake::{FakeApi, Fault};
 
 const PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
 const OTHER_PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000002";
@@ -186,7 +186,7 @@ async fn create_is_idempotent() {
     let first = p.create_machine(req()).await.unwrap();
     let second = p.create_machine(req()).await.unwrap();
     assert_eq!(first, second);
-    assert_eq!(p.api().calls(fake::CREATE), 1);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 1);
     assert_eq!(p.api().device_count(), 1);
 }
 
@@ -256,12 +256,13 @@ async fn alternate_api_token_is_really_used() {
 #[tokio::test]
 async fn lost_response_after_commit_gives_exactly_one_device() {
     let p = provider();
-    p.api().fail_next(fake::CREATE, Fault::LostAfterCommit);
+    p.api()
+        .fail_next(Operation::CreateDevice, Fault::LostAfterCommit);
     let info = p.create_machine(req()).await.unwrap();
     assert_eq!(p.api().device_count(), 1);
-    assert_eq!(p.api().calls(fake::CREATE), 1);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 1);
     assert_eq!(
-        p.api().calls(fake::LIST),
+        p.api().calls(Operation::FindProjectDevices),
         2,
         "lookup first, then again after the lost response"
     );
@@ -272,11 +273,13 @@ async fn lost_response_after_commit_gives_exactly_one_device() {
 #[tokio::test]
 async fn ambiguous_failure_without_commit_is_retried_after_a_lookup() {
     let p = provider();
-    p.api()
-        .fail_next(fake::CREATE, Fault::Status(502, "bad gateway".into()));
+    p.api().fail_next(
+        Operation::CreateDevice,
+        Fault::Status(502, "bad gateway".into()),
+    );
     p.create_machine(req()).await.unwrap();
-    assert_eq!(p.api().calls(fake::CREATE), 2);
-    assert_eq!(p.api().calls(fake::LIST), 2);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 2);
+    assert_eq!(p.api().calls(Operation::FindProjectDevices), 2);
     assert_eq!(p.api().device_count(), 1);
 }
 
@@ -284,31 +287,37 @@ async fn ambiguous_failure_without_commit_is_retried_after_a_lookup() {
 async fn ambiguous_failures_are_bounded() {
     let p = provider();
     for _ in 0..5 {
-        p.api()
-            .fail_next(fake::CREATE, Fault::Transport("connection refused".into()));
+        p.api().fail_next(
+            Operation::CreateDevice,
+            Fault::Transport("connection refused".into()),
+        );
     }
     let err = p.create_machine(req()).await.unwrap_err();
     assert!(
         matches!(err, Error::Api(metal::Error::Transport { .. })),
         "{err:?}"
     );
-    assert_eq!(p.api().calls(fake::CREATE), 3);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 3);
     assert_eq!(p.api().device_count(), 0);
 }
 
 #[tokio::test]
 async fn failed_lookup_after_ambiguous_create_never_creates_again() {
     let p = provider();
-    p.api().fail_next(fake::LIST, Fault::Pass);
     p.api()
-        .fail_next(fake::LIST, Fault::Status(503, "down".into()));
-    p.api().fail_next(fake::CREATE, Fault::LostAfterCommit);
+        .fail_next(Operation::FindProjectDevices, Fault::Pass);
+    p.api().fail_next(
+        Operation::FindProjectDevices,
+        Fault::Status(503, "down".into()),
+    );
+    p.api()
+        .fail_next(Operation::CreateDevice, Fault::LostAfterCommit);
     let err = p.create_machine(req()).await.unwrap_err();
     assert_eq!(err_status(&err), Some(503), "{err:?}");
-    assert_eq!(p.api().calls(fake::CREATE), 1);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 1);
     // The retry by the client finds the committed device.
     p.create_machine(req()).await.unwrap();
-    assert_eq!(p.api().calls(fake::CREATE), 1);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 1);
     assert_eq!(p.api().device_count(), 1);
 }
 
@@ -401,7 +410,7 @@ async fn other_422_passes_through_without_fallback() {
     let p = provider();
     let r1 = "5d1ef2a4-0000-4000-8000-0000000000b1";
     p.api().fail_next(
-        fake::CREATE,
+        Operation::CreateDevice,
         Fault::Status(422, "Plan c3.small.x86 is not valid".into()),
     );
     let err = p
@@ -412,13 +421,13 @@ async fn other_422_passes_through_without_fallback() {
         matches!(err, Error::Api(ref e) if e.status() == Some(422)),
         "{err:?}"
     );
-    assert_eq!(p.api().calls(fake::CREATE), 1);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 1);
 }
 
 #[test]
 fn capacity_classification() {
     let e = |status, msg: &str| metal::Error::Status {
-        endpoint: "createDevice",
+        endpoint: Operation::CreateDevice,
         status,
         message: msg.into(),
         retry_after: None,
@@ -434,7 +443,7 @@ fn capacity_classification() {
     assert!(!is_out_of_capacity(&e(422, "plan not found")));
     assert!(!is_out_of_capacity(&e(503, "capacity")));
     assert!(!is_out_of_capacity(&metal::Error::Transport {
-        endpoint: "createDevice",
+        endpoint: Operation::CreateDevice,
         reason: "capacity".into()
     }));
 }
@@ -463,7 +472,7 @@ async fn existing_device_states_are_adopted() {
         let p = provider();
         let id = p.api().insert(project(), our_device(MACHINE, state));
         assert_eq!(p.create_machine(req()).await.unwrap().provider_id, pid(id));
-        assert_eq!(p.api().calls(fake::CREATE), 0);
+        assert_eq!(p.api().calls(Operation::CreateDevice), 0);
     }
 }
 
@@ -473,7 +482,7 @@ async fn deprovisioning_device_is_ignored_by_create() {
     p.api()
         .insert(project(), our_device(MACHINE, DeviceState::Deprovisioning));
     p.create_machine(req()).await.unwrap();
-    assert_eq!(p.api().calls(fake::CREATE), 1);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 1);
 }
 
 #[tokio::test]
@@ -498,7 +507,7 @@ async fn incompatible_device_is_already_exists() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(p.api().calls(fake::CREATE), 0);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 0);
 }
 
 #[test]
@@ -550,7 +559,7 @@ async fn several_devices_are_multiple_devices() {
         p.get_machine_status(req()).await,
         Err(Error::MultipleDevices { count: 2, .. })
     ));
-    assert_eq!(p.api().calls(fake::CREATE), 0);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 0);
 }
 
 #[tokio::test]
@@ -586,7 +595,7 @@ async fn deadline_passed_before_create() {
     let mut r = req();
     r.deadline = Some(Instant::now());
     assert!(matches!(p.create_machine(r).await, Err(Error::Deadline(_))));
-    assert_eq!(p.api().calls(fake::CREATE), 0);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 0);
 }
 
 #[tokio::test]
@@ -594,7 +603,7 @@ async fn api_errors_are_scrubbed_of_secrets() {
     let p = provider();
     let line = USER_DATA.lines().nth(1).unwrap();
     p.api().fail_next(
-        fake::CREATE,
+        Operation::CreateDevice,
         Fault::Status(422, format!("bad userdata `{line}` for token {TOKEN}")),
     );
     let err = p.create_machine(req()).await.unwrap_err();
@@ -609,7 +618,7 @@ async fn api_errors_are_scrubbed_of_secrets() {
     // Whole userData echoed in a transport reason, and a capacity message.
     let p = provider();
     p.api().fail_next(
-        fake::GET,
+        Operation::FindDeviceById,
         Fault::Transport(format!("proxy said: {USER_DATA}")),
     );
     let text = p
@@ -624,7 +633,7 @@ async fn api_errors_are_scrubbed_of_secrets() {
 
     let p = provider();
     p.api().fail_next(
-        fake::CREATE,
+        Operation::CreateDevice,
         Fault::Status(422, format!("no capacity for {TOKEN}")),
     );
     let text = p.create_machine(req()).await.unwrap_err().to_string();
@@ -661,8 +670,8 @@ async fn status_by_provider_id() {
             }
         );
     }
-    assert_eq!(p.api().calls(fake::GET), 4);
-    assert_eq!(p.api().calls(fake::LIST), 0);
+    assert_eq!(p.api().calls(Operation::FindDeviceById), 4);
+    assert_eq!(p.api().calls(Operation::FindProjectDevices), 0);
     assert_invalid(
         p.get_machine_status(req_id("aws:///i-1")).await,
         "providerID",
@@ -681,7 +690,7 @@ async fn status_not_found_cases() {
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Active));
     p.api().fail_next(
-        fake::GET,
+        Operation::FindDeviceById,
         Fault::Status(403, "You are not authorized to view this device".into()),
     );
     assert!(matches!(
@@ -728,13 +737,15 @@ async fn status_keeps_api_error_codes() {
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Active));
     for code in [401, 429, 500, 503] {
-        p.api()
-            .fail_next(fake::GET, Fault::Status(code, "nope".into()));
+        p.api().fail_next(
+            Operation::FindDeviceById,
+            Fault::Status(code, "nope".into()),
+        );
         let err = p.get_machine_status(req_id(pid(id))).await.unwrap_err();
         assert_eq!(err_status(&err), Some(code), "{err:?}");
     }
     p.api().fail_next(
-        fake::LIST,
+        Operation::FindProjectDevices,
         Fault::Status(401, "Invalid authentication token".into()),
     );
     assert_eq!(
@@ -801,7 +812,11 @@ async fn device_from_before_identity_tags_is_adopted_not_duplicated() {
     );
     let created = p.create_machine(req()).await.unwrap();
     assert_eq!(created.provider_id, pid(id));
-    assert_eq!(p.api().calls(fake::CREATE), 0, "no second device");
+    assert_eq!(
+        p.api().calls(Operation::CreateDevice),
+        0,
+        "no second device"
+    );
 }
 
 #[tokio::test]
@@ -828,10 +843,12 @@ async fn delete_by_provider_id_is_idempotent() {
     p.delete_machine(r.clone()).await.unwrap();
     assert!(p.api().device(id).is_none());
     p.delete_machine(r.clone()).await.unwrap();
-    assert_eq!(p.api().calls(fake::DELETE), 1);
+    assert_eq!(p.api().calls(Operation::DeleteDevice), 1);
     // 403 on the GET counts as gone.
-    p.api()
-        .fail_next(fake::GET, Fault::Status(403, "forbidden".into()));
+    p.api().fail_next(
+        Operation::FindDeviceById,
+        Fault::Status(403, "forbidden".into()),
+    );
     p.delete_machine(r).await.unwrap();
 }
 
@@ -839,7 +856,7 @@ async fn delete_by_provider_id_is_idempotent() {
 async fn delete_tolerates_create_never_having_run() {
     let p = provider();
     p.delete_machine(req()).await.unwrap();
-    assert_eq!(p.api().calls(fake::DELETE), 0);
+    assert_eq!(p.api().calls(Operation::DeleteDevice), 0);
 }
 
 #[tokio::test]
@@ -866,13 +883,15 @@ async fn delete_of_deprovisioning_or_vanishing_device_is_ok() {
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Deprovisioning));
     p.delete_machine(req_id(pid(id))).await.unwrap();
-    assert_eq!(p.api().calls(fake::DELETE), 0);
+    assert_eq!(p.api().calls(Operation::DeleteDevice), 0);
 
     let id = p
         .api()
         .insert(project(), our_device("m2", DeviceState::Active));
-    p.api()
-        .fail_next(fake::DELETE, Fault::Status(404, "Not found".into()));
+    p.api().fail_next(
+        Operation::DeleteDevice,
+        Fault::Status(404, "Not found".into()),
+    );
     p.delete_machine(MachineRequest {
         machine_name: "m2".into(),
         ..req_id(pid(id))
@@ -909,7 +928,7 @@ async fn locked_device_needs_unlock_on_delete() {
         other => panic!("{other:?}"),
     }
     assert!(p.api().device(id).is_some());
-    assert_eq!(p.api().calls(fake::DELETE), 0);
+    assert_eq!(p.api().calls(Operation::DeleteDevice), 0);
 
     let r = MachineRequest {
         provider_spec: serde_json::to_vec(&spec_with("unlockOnDelete", json!(true))).unwrap(),
@@ -930,7 +949,7 @@ async fn stale_lock_view_is_handled() {
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Active));
     p.api().fail_next(
-        fake::DELETE,
+        Operation::DeleteDevice,
         Fault::Status(422, "Cannot delete a locked device".into()),
     );
     let r = MachineRequest {
@@ -944,7 +963,7 @@ async fn stale_lock_view_is_handled() {
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Active));
     p.api().fail_next(
-        fake::DELETE,
+        Operation::DeleteDevice,
         Fault::Status(422, "Cannot delete a locked device".into()),
     );
     assert!(matches!(
@@ -960,14 +979,18 @@ async fn delete_passes_other_errors_through() {
     let id = p
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Active));
-    p.api()
-        .fail_next(fake::DELETE, Fault::Status(503, "unavailable".into()));
+    p.api().fail_next(
+        Operation::DeleteDevice,
+        Fault::Status(503, "unavailable".into()),
+    );
     assert_eq!(
         err_status(&p.delete_machine(req_id(pid(id))).await.unwrap_err()),
         Some(503)
     );
-    p.api()
-        .fail_next(fake::GET, Fault::Status(401, "bad token".into()));
+    p.api().fail_next(
+        Operation::FindDeviceById,
+        Fault::Status(401, "bad token".into()),
+    );
     assert_eq!(
         err_status(&p.delete_machine(req_id(pid(id))).await.unwrap_err()),
         Some(401)
@@ -998,7 +1021,7 @@ async fn shutdown_powers_off_once() {
     // Already off: nothing to do.
     p.shutdown_machine(req_id(pid(id))).await.unwrap();
     p.shutdown_machine(req()).await.unwrap();
-    assert_eq!(p.api().calls(fake::ACTION), 1);
+    assert_eq!(p.api().calls(Operation::PerformAction), 1);
 }
 
 #[tokio::test]
@@ -1013,7 +1036,7 @@ async fn shutdown_while_provisioning_is_failed_precondition_and_failed_is_ok() {
         "{err:?}"
     );
     assert_eq!(
-        p.api().calls(fake::ACTION),
+        p.api().calls(Operation::PerformAction),
         0,
         "no action the API would refuse"
     );
@@ -1026,7 +1049,7 @@ async fn shutdown_while_provisioning_is_failed_precondition_and_failed_is_ok() {
     p.shutdown_machine(r)
         .await
         .expect("nothing runs on a failed device");
-    assert_eq!(p.api().calls(fake::ACTION), 0);
+    assert_eq!(p.api().calls(Operation::PerformAction), 0);
 }
 
 #[tokio::test]
@@ -1040,9 +1063,9 @@ async fn shutdown_of_missing_machine_is_ok() {
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Active));
     p.api()
-        .fail_next(fake::ACTION, Fault::Status(404, "gone".into()));
+        .fail_next(Operation::PerformAction, Fault::Status(404, "gone".into()));
     p.shutdown_machine(req_id(pid(id))).await.unwrap();
-    assert_eq!(p.api().calls(fake::ACTION), 1);
+    assert_eq!(p.api().calls(Operation::PerformAction), 1);
 }
 
 #[tokio::test]
@@ -1108,7 +1131,7 @@ async fn list_filters_and_maps() {
     .map(|(k, v)| (k, v.to_string()))
     .collect();
     assert_eq!(got, want);
-    assert_eq!(p.api().calls(fake::LIST), 1);
+    assert_eq!(p.api().calls(Operation::FindProjectDevices), 1);
     assert_eq!(
         p.api().state().list_queries[0].tag.as_deref(),
         Some(CLUSTER)
@@ -1124,8 +1147,10 @@ async fn list_validates_and_passes_errors() {
         "providerSpec.tags",
     );
     assert_eq!(p.api().total_calls(), 0);
-    p.api()
-        .fail_next(fake::LIST, Fault::Status(403, "forbidden".into()));
+    p.api().fail_next(
+        Operation::FindProjectDevices,
+        Fault::Status(403, "forbidden".into()),
+    );
     assert_eq!(
         err_status(&p.list_machines(list_req(&spec())).await.unwrap_err()),
         Some(403)
@@ -1149,17 +1174,6 @@ fn volume_ids_are_empty() {
     assert!(provider().get_volume_ids(b"anything").unwrap().is_empty());
 }
 
-#[test]
-fn a_secret_cut_by_truncation_is_redacted_too() {
-    let secrets = vec!["tok-ABCDEFGHIJKLMNOP".to_string()];
-    let mut text = "HTTP 422: you sent tok-ABCDEFG…".to_string();
-    super::scrub_text(&mut text, &secrets);
-    assert_eq!(text, "HTTP 422: you sent <redacted>…");
-    let mut untouched = "HTTP 422: nothing secret here…".to_string();
-    super::scrub_text(&mut untouched, &secrets);
-    assert_eq!(untouched, "HTTP 422: nothing secret here…");
-}
-
 /// A class that no longer validates (an unknown field, a broken field only create uses)
 /// refuses CreateMachine but never traps a Machine: status, list, shutdown and delete use
 /// what they need and go on.
@@ -1172,7 +1186,7 @@ async fn a_broken_class_refuses_create_only() {
         p.create_machine(req_with(MACHINE, &broken)).await,
         "providerSpec.machineTyp",
     );
-    assert_eq!(p.api().calls(fake::CREATE), 0);
+    assert_eq!(p.api().calls(Operation::CreateDevice), 0);
 
     let id = p
         .api()

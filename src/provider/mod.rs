@@ -11,8 +11,8 @@ pub mod fake;
 pub mod inflight;
 pub mod lookup;
 pub mod machine;
-pub mod provider_id;
 pub mod scope;
+pub mod scrub;
 pub mod spec;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@
 //! response, so the client sees a transport error although the change happened.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -20,10 +20,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+use crate::metal::Operation;
+
 use super::args::SimArgs;
 use super::error::ApiError;
-use super::routes::{AppState, operation_id};
 use super::server::ConnDrop;
+use super::state::SimState;
 
 /// The `X-RateLimit-Limit` reported when no `--rate-limit` is configured.
 const NOMINAL_LIMIT: u64 = 5000;
@@ -108,7 +110,7 @@ pub struct Faults {
     cfg: FaultConfig,
     rng: Mutex<StdRng>,
     buckets: Mutex<HashMap<String, Bucket>>,
-    scripted: Mutex<HashMap<String, VecDeque<Fault>>>,
+    scripted: Mutex<HashMap<Operation, VecDeque<Fault>>>,
 }
 
 impl Faults {
@@ -123,23 +125,24 @@ impl Faults {
         }
     }
 
-    /// Schedules `fault` for the next `times` requests of `operation` (an operationId).
-    pub fn script(&self, operation: &str, fault: Fault, times: usize) {
+    /// Schedules `fault` for the next `times` requests of `operation`.
+    pub fn script(&self, operation: Operation, fault: Fault, times: usize) {
         let mut scripted = self.scripted.lock().unwrap_or_else(PoisonError::into_inner);
         scripted
-            .entry(operation.to_owned())
+            .entry(operation)
             .or_default()
             .extend(std::iter::repeat_n(fault, times));
     }
 
     /// This request's fault: a scheduled one for `operation` first, else a random draw.
-    pub fn draw_for(&self, operation: &str) -> Draw {
-        let scheduled = self
-            .scripted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(operation)
-            .and_then(VecDeque::pop_front);
+    pub fn draw_for(&self, operation: Option<Operation>) -> Draw {
+        let scheduled = operation.and_then(|op| {
+            self.scripted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(&op)
+                .and_then(VecDeque::pop_front)
+        });
         scheduled.map_or_else(|| self.draw(), Fault::draw)
     }
 
@@ -227,13 +230,21 @@ fn too_many(retry_after: u64, limit: u64, reset_in: u64) -> Response {
     resp
 }
 
+/// The state of [`middleware`]: the fault decisions, and the simulator whose request
+/// counters it keeps.
+#[derive(Clone)]
+pub struct FaultLayer {
+    pub faults: Arc<Faults>,
+    pub sim: Arc<SimState>,
+}
+
 /// The tower middleware (an axum `route_layer` on the API routes).
-pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req
+pub async fn middleware(State(app): State<FaultLayer>, req: Request, next: Next) -> Response {
+    let operation = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let op = operation_id(req.method(), path.as_deref().unwrap_or_default());
+        .and_then(|path| Operation::from_route(req.method(), path.as_str()));
+    let op = operation.map_or("other", Operation::operation_id);
     let recorder = &app.sim.recorder;
     recorder.request(op);
     let cfg = app.faults.config();
@@ -254,7 +265,7 @@ pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -
         tracing::debug!(operation = op, "rate limit exceeded: 429");
         return too_many(info.retry_after, info.limit, info.reset_in);
     }
-    match app.faults.draw_for(op) {
+    match app.faults.draw_for(operation) {
         Draw::None => {}
         Draw::TooManyRequests => {
             recorder.fault("429");

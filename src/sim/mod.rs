@@ -44,16 +44,17 @@ pub use args::{CapacitySpec, DEFAULT_PROJECT, DEFAULT_TOKEN, ReservationSpec, Si
 pub use faults::Fault;
 pub use stats::SimStats;
 
+use crate::metal::Operation;
 use crate::metal::types::{Device, DeviceCreateInput};
 use faults::{FaultConfig, Faults};
-use routes::AppState;
 use state::SimState;
 
-fn build(args: &SimArgs) -> AppState {
-    AppState {
-        sim: Arc::new(SimState::new(args)),
-        faults: Arc::new(Faults::new(FaultConfig::from_args(args), args.seed)),
-    }
+/// The simulator's world and its fault decisions, from the flags.
+fn build(args: &SimArgs) -> (Arc<SimState>, Arc<Faults>) {
+    (
+        Arc::new(SimState::new(args)),
+        Arc::new(Faults::new(FaultConfig::from_args(args), args.seed)),
+    )
 }
 
 fn log_config(args: &SimArgs, addr: SocketAddr) {
@@ -88,13 +89,13 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> std::io::Result<
         out.flush()?;
     }
     log_config(&args, addr);
-    let app = build(&args);
+    let (sim, faults) = build(&args);
     let registrar = match &args.register_nodes_kubeconfig {
         Some(path) => {
             let client = nodes::client_from(path)
                 .await
                 .map_err(std::io::Error::other)?;
-            let state = app.sim.clone();
+            let state = sim.clone();
             let stop = shutdown.clone();
             Some(tokio::spawn(async move {
                 nodes::run(client, move || state.all_devices(Instant::now()), stop).await;
@@ -102,7 +103,7 @@ pub async fn run(args: SimArgs, shutdown: CancellationToken) -> std::io::Result<
         }
         None => None,
     };
-    server::serve(listener, routes::router(app), shutdown).await;
+    server::serve(listener, routes::router(sim, faults), shutdown).await;
     if let Some(task) = registrar {
         let _ = task.await;
     }
@@ -115,17 +116,17 @@ pub async fn spawn(args: SimArgs) -> std::io::Result<SimHandle> {
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     log_config(&args, addr);
-    let app = build(&args);
+    let (sim, faults) = build(&args);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server::serve(
         listener,
-        routes::router(app.clone()),
+        routes::router(sim.clone(), faults.clone()),
         shutdown.clone(),
     ));
     Ok(SimHandle {
         addr,
-        state: app.sim,
-        faults: app.faults,
+        state: sim,
+        faults,
         shutdown,
         task,
     })
@@ -142,9 +143,9 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
-    /// Makes the next `times` requests of `operation` (an operationId such as
-    /// `createDevice`) fail with `fault`, deterministically, for tests.
-    pub fn inject(&self, operation: &str, fault: Fault, times: usize) {
+    /// Makes the next `times` requests of `operation` fail with `fault`, deterministically,
+    /// for tests.
+    pub fn inject(&self, operation: Operation, fault: Fault, times: usize) {
         self.faults.script(operation, fault, times);
     }
 

@@ -12,66 +12,47 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::time::Instant;
 
+use crate::metal::operation::{API_ROOT_PATH, Operation};
+
 use super::error::ApiError;
-use super::faults::{self, Faults};
+use super::faults::{self, FaultLayer, Faults};
 use super::paging::ListQuery;
 use super::state::SimState;
 
-/// What every handler sees.
-#[derive(Clone)]
-pub struct AppState {
-    pub sim: Arc<SimState>,
-    pub faults: Arc<Faults>,
-}
-
-/// The API base path of the real service.
-pub const API_PREFIX: &str = "/metal/v1";
-
 /// The whole router: API routes (with fault injection) at `/` and `/metal/v1`, and the
-/// fault-free `/_sim/*` tool routes.
-pub fn router(app: AppState) -> Router {
+/// fault-free `/_sim/*` tool routes. Handlers see the simulator state only; the fault layer
+/// also sees `faults`.
+pub fn router(sim: Arc<SimState>, faults: Arc<Faults>) -> Router {
+    let layer = FaultLayer {
+        faults,
+        sim: sim.clone(),
+    };
     let api = Router::new()
         .route(
-            "/projects/{id}/devices",
+            Operation::CreateDevice.path_template(),
             get(list_devices).post(create_device),
         )
         .route(
-            "/devices/{id}",
+            Operation::FindDeviceById.path_template(),
             get(get_device).put(update_device).delete(delete_device),
         )
-        .route("/devices/{id}/actions", post(perform_action))
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            faults::middleware,
-        ));
+        .route(
+            Operation::PerformAction.path_template(),
+            post(perform_action),
+        )
+        .route_layer(middleware::from_fn_with_state(layer, faults::middleware));
     Router::new()
         .merge(api.clone())
-        .nest(API_PREFIX, api)
+        .nest(API_ROOT_PATH, api)
         .route("/_sim/stats", get(stats))
         .fallback(not_found)
-        .with_state(app)
-}
-
-/// The spec's operationId for a matched route (`other` for anything else).
-pub fn operation_id(method: &Method, matched_path: &str) -> &'static str {
-    let path = matched_path
-        .strip_prefix(API_PREFIX)
-        .unwrap_or(matched_path);
-    match (method.as_str(), path) {
-        ("POST", "/projects/{id}/devices") => "createDevice",
-        ("GET", "/projects/{id}/devices") => "findProjectDevices",
-        ("GET", "/devices/{id}") => "findDeviceById",
-        ("PUT", "/devices/{id}") => "updateDevice",
-        ("DELETE", "/devices/{id}") => "deleteDevice",
-        ("POST", "/devices/{id}/actions") => "performAction",
-        _ => "other",
-    }
+        .with_state(sim)
 }
 
 fn token(headers: &HeaderMap) -> Option<&str> {
@@ -79,19 +60,17 @@ fn token(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn create_device(
-    State(app): State<AppState>,
+    State(sim): State<Arc<SimState>>,
     Path(project): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let device = app
-        .sim
-        .create(token(&headers), &project, &body, Instant::now())?;
+    let device = sim.create(token(&headers), &project, &body, Instant::now())?;
     Ok((StatusCode::CREATED, Json(device)).into_response())
 }
 
 async fn list_devices(
-    State(app): State<AppState>,
+    State(sim): State<Arc<SimState>>,
     Path(project): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -101,59 +80,55 @@ async fn list_devices(
     let q = match ListQuery::parse(query.as_deref()) {
         Ok(q) => q,
         Err(e) => {
-            app.sim
-                .list(token, &project, &ListQuery::parse(None)?, Instant::now())?;
+            sim.list(token, &project, &ListQuery::parse(None)?, Instant::now())?;
             return Err(e);
         }
     };
-    let list = app.sim.list(token, &project, &q, Instant::now())?;
+    let list = sim.list(token, &project, &q, Instant::now())?;
     Ok(Json(list).into_response())
 }
 
 async fn get_device(
-    State(app): State<AppState>,
+    State(sim): State<Arc<SimState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let device = app.sim.get(token(&headers), &id, Instant::now())?;
+    let device = sim.get(token(&headers), &id, Instant::now())?;
     Ok(Json(device).into_response())
 }
 
 async fn update_device(
-    State(app): State<AppState>,
+    State(sim): State<Arc<SimState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let device = app
-        .sim
-        .update(token(&headers), &id, &body, Instant::now())?;
+    let device = sim.update(token(&headers), &id, &body, Instant::now())?;
     Ok(Json(device).into_response())
 }
 
 async fn delete_device(
-    State(app): State<AppState>,
+    State(sim): State<Arc<SimState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     // `force_delete` (detach storage volumes) has nothing to act on here.
-    app.sim.delete(token(&headers), &id, Instant::now())?;
+    sim.delete(token(&headers), &id, Instant::now())?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn perform_action(
-    State(app): State<AppState>,
+    State(sim): State<Arc<SimState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    app.sim
-        .action(token(&headers), &id, &body, Instant::now())?;
+    sim.action(token(&headers), &id, &body, Instant::now())?;
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn stats(State(app): State<AppState>) -> Response {
-    Json(app.sim.stats(Instant::now())).into_response()
+async fn stats(State(sim): State<Arc<SimState>>) -> Response {
+    Json(sim.stats(Instant::now())).into_response()
 }
 
 async fn not_found() -> ApiError {

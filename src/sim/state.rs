@@ -25,6 +25,7 @@ use super::lifecycle::{Effect, Lifecycle, Timeline, Timings};
 use super::paging::ListQuery;
 use super::stats::{Recorder, SimStats};
 use super::validate::{self, CreateRequest, FacilityChoice, Location, ReservationRequest};
+use crate::metal::Operation;
 use crate::metal::types::{
     BillingCycle, Device, DeviceActionType, DeviceList, DeviceState, DeviceUpdateInput,
     HardwareReservation, Href,
@@ -336,7 +337,7 @@ impl SimState {
             .map(|r| r.render(now))
             .collect();
         let meta = query.meta(
-            &format!("/projects/{project}/devices"),
+            &Operation::FindProjectDevices.path(project),
             matching.len(),
             per_page,
         );

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::metal::Operation;
+
 /// A snapshot of the simulator's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimStats {
@@ -26,6 +28,16 @@ pub struct SimStats {
     pub devices_live: u64,
     /// Existing devices by state.
     pub devices_by_state: BTreeMap<String, u64>,
+}
+
+impl SimStats {
+    /// Requests received of one operation (0 when none came).
+    pub fn requests_of(&self, operation: Operation) -> u64 {
+        self.requests
+            .get(operation.operation_id())
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// The request-side counters (the device counters come from the state).

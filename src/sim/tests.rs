@@ -285,7 +285,10 @@ async fn lifecycle_create_provision_active_delete_gone() {
         ),
         (1, 1, 0)
     );
-    assert!(stats.requests["createDevice"] == 1 && stats.requests["findDeviceById"] >= 3);
+    assert!(
+        stats.requests_of(Operation::CreateDevice) == 1
+            && stats.requests_of(Operation::FindDeviceById) >= 3
+    );
     sim.shutdown().await;
 }
 
@@ -330,7 +333,7 @@ async fn serves_at_root_and_under_metal_v1_and_sim_stats() {
     assert_eq!(stats.status, StatusCode::OK);
     let s: SimStats = serde_json::from_value(stats.json.unwrap()).unwrap();
     assert_eq!(s.devices_created, 2);
-    assert_eq!(s.requests["createDevice"], 2);
+    assert_eq!(s.requests_of(Operation::CreateDevice), 2);
     assert_eq!(s.responses["201"], 2);
     sim.shutdown().await;
 }
@@ -1035,9 +1038,9 @@ async fn seeded_faults_are_reproducible() {
 async fn scripted_faults_fire_in_order_for_one_operation_only() {
     let sim = spawn(SimArgs::for_tests()).await.unwrap();
     let api = Api::new(&sim);
-    sim.inject("createDevice", Fault::ServerError, 1);
-    sim.inject("createDevice", Fault::TooManyRequests, 1);
-    sim.inject("createDevice", Fault::Drop, 1);
+    sim.inject(Operation::CreateDevice, Fault::ServerError, 1);
+    sim.inject(Operation::CreateDevice, Fault::TooManyRequests, 1);
+    sim.inject(Operation::CreateDevice, Fault::Drop, 1);
     assert_eq!(
         api.list("").await.devices.len(),
         0,
@@ -1068,7 +1071,7 @@ async fn scripted_faults_fire_in_order_for_one_operation_only() {
         (s.faults["503"], s.faults["429"], s.faults["drop"]),
         (1, 1, 1)
     );
-    assert_eq!(s.requests["createDevice"], 4);
+    assert_eq!(s.requests_of(Operation::CreateDevice), 4);
     sim.shutdown().await;
 }
 

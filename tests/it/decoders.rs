@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use metal_driver::{
     manifest::{parse_machine_class, parse_secrets},
     metal::{Device, DeviceList, ErrorBody, client::error_message},
-    provider::{Error, credentials::Credentials, provider_id::ProviderId, spec::ProviderSpec},
+    provider::{Error, credentials::Credentials, spec::ProviderSpec},
+    provider_id::ProviderId,
 };
 use proptest::{collection, option, prelude::*};
 use serde_json::{Value, json};
@@ -113,7 +114,7 @@ proptest! {
         "equinixmetal://[0-9a-f-]{30,40}",
         "[a-z]{0,12}://[0-9a-f-]{36}",
     ]) {
-        if let Err(e) = ProviderId::parse(&s) {
+        if let Err(e) = ProviderId::parse(&s).map_err(Error::from) {
             prop_assert!(matches!(&e, Error::InvalidArgument { field, .. } if field == "providerID"), "{e:?}");
         }
     }

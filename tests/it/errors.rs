@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use metal_driver::sim::SimArgs;
+use metal_driver::{metal::Operation, sim::SimArgs};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -201,7 +201,7 @@ async fn bad_create_input_is_invalid_argument_naming_the_field() {
         );
     }
     assert_eq!(
-        env.api_calls("createDevice"),
+        env.api_calls(Operation::CreateDevice),
         0,
         "no bad input reached the API"
     );

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use metal_driver::sim::{Fault, SimArgs};
+use metal_driver::{
+    metal::Operation,
+    sim::{Fault, SimArgs},
+};
 use tonic::Code;
 
 use crate::support::{Env, secrets, spec, uuid_of};
@@ -16,7 +19,7 @@ async fn retried_create_returns_the_same_device() {
         assert_eq!(again.provider_id, first.provider_id);
     }
     assert_eq!(
-        env.api_calls("createDevice"),
+        env.api_calls(Operation::CreateDevice),
         1,
         "one POST for four CreateMachine calls"
     );
@@ -28,7 +31,7 @@ async fn retried_create_returns_the_same_device() {
 async fn lost_create_response_yields_exactly_one_device() {
     let env = Env::start().await;
     // The API commits the device, then the connection drops before any response.
-    env.sim.inject("createDevice", Fault::Drop, 1);
+    env.sim.inject(Operation::CreateDevice, Fault::Drop, 1);
     let result = env.create("it-lost", &spec(), &secrets()).await;
     match &result {
         Ok(r) => assert_eq!(env.live_devices()[0].id, Some(uuid_of(&r.provider_id))),

@@ -18,6 +18,7 @@ use metal_driver::{
         client::CmiClient,
         v1::CreateMachineRequest,
     },
+    metal::Operation,
     sim::{self, Fault, SimArgs, SimHandle},
 };
 use serde_json::{Value, json};
@@ -191,13 +192,13 @@ async fn exercise(cmi: &CmiClient, sim: &SimHandle, tag: &str) -> Vec<String> {
         "echoed 422",
     ));
     // --api-max-retries 1: two attempts per call, both fail.
-    sim.inject("findDeviceById", Fault::ServerError, 2);
+    sim.inject(Operation::FindDeviceById, Fault::ServerError, 2);
     push(expect_err(status(&created.provider_id).await, "503s"));
-    sim.inject("createDevice", Fault::Drop, 1);
+    sim.inject(Operation::CreateDevice, Fault::Drop, 1);
     if let Err(e) = create(&format!("{name}-drop"), &s, &good).await {
         errors.push(e.message().to_owned());
     }
-    sim.inject("createDevice", Fault::TooManyRequests, 2);
+    sim.inject(Operation::CreateDevice, Fault::TooManyRequests, 2);
     if let Err(e) = create(&format!("{name}-429"), &s, &good).await {
         errors.push(e.message().to_owned());
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use metal_driver::{
     cmi::calls::MachineRef,
+    metal::Operation,
     sim::{self, SimArgs},
 };
 use tonic::Code;
@@ -133,20 +134,24 @@ async fn a_short_client_deadline_ends_the_call_and_the_driver_stops_retrying() {
     // simulator saw one GET and one list, and never a POST or a retry.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let stats = sim.stats();
-    let calls = |op: &str| stats.requests.get(op).copied().unwrap_or(0);
+    let calls = |op| stats.requests_of(op);
     assert_eq!(
-        calls("findDeviceById"),
+        calls(Operation::FindDeviceById),
         1,
         "no retry after the deadline: {:?}",
         stats.requests
     );
     assert_eq!(
-        calls("createDevice"),
+        calls(Operation::CreateDevice),
         0,
         "no create after the deadline: {:?}",
         stats.requests
     );
-    assert!(calls("findProjectDevices") <= 1, "{:?}", stats.requests);
+    assert!(
+        calls(Operation::FindProjectDevices) <= 1,
+        "{:?}",
+        stats.requests
+    );
     assert!(sim.devices().is_empty());
     driver.kill().await;
     sim.shutdown().await;

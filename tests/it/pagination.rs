@@ -1,6 +1,9 @@
 //! ListMachines sees every device, on every page, and nothing of another cluster.
 
-use metal_driver::{metal::DeviceCreateInput, sim::SimArgs};
+use metal_driver::{
+    metal::{DeviceCreateInput, Operation},
+    sim::SimArgs,
+};
 
 use crate::support::{CLUSTER_TAG, Env, PROJECT, ROLE_TAG, secrets, spec};
 
@@ -53,6 +56,6 @@ async fn list_machines_pages_through_thousands_of_devices() {
     let names: std::collections::BTreeSet<_> = list.values().collect();
     assert_eq!(names.len(), ours, "hostnames map one to one");
     // Server-side tag filtering: ⌈1300 / 500⌉ pages, not a scan of all 2,601 devices.
-    assert_eq!(env.api_calls("findProjectDevices"), 3);
+    assert_eq!(env.api_calls(Operation::FindProjectDevices), 3);
     env.stop().await;
 }

@@ -7,7 +7,10 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use metal_driver::sim::{Fault, SimArgs};
+use metal_driver::{
+    metal::Operation,
+    sim::{Fault, SimArgs},
+};
 use serde_json::json;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -76,7 +79,8 @@ async fn no_secret_in_any_log_line_or_error() {
         .await
         .expect("status");
     env.list(&s, &secrets).await.expect("list");
-    env.sim.inject("findDeviceById", Fault::ServerError, 10);
+    env.sim
+        .inject(Operation::FindDeviceById, Fault::ServerError, 10);
     messages.push(
         env.status("it-redact", &created.provider_id, &s, &secrets)
             .await
@@ -84,7 +88,7 @@ async fn no_secret_in_any_log_line_or_error() {
             .message()
             .to_owned(),
     );
-    env.sim.inject("createDevice", Fault::Drop, 1);
+    env.sim.inject(Operation::CreateDevice, Fault::Drop, 1);
     let _ = env
         .create("it-redact-2", &s, &secrets)
         .await

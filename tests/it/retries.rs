@@ -1,7 +1,10 @@
 //! 429 and 5xx are retried with backoff (honouring Retry-After); a create is never retried
 //! blindly; persistent failures surface as Unavailable.
 
-use metal_driver::sim::{Fault, SimArgs};
+use metal_driver::{
+    metal::Operation,
+    sim::{Fault, SimArgs},
+};
 use tonic::Code;
 
 use crate::support::{Env, secrets, spec};
@@ -10,7 +13,8 @@ use crate::support::{Env, secrets, spec};
 async fn throttled_calls_succeed_after_retry_after() {
     let env = Env::start().await;
     let created = env.create("it-429", &spec(), &secrets()).await.unwrap();
-    env.sim.inject("findDeviceById", Fault::TooManyRequests, 2);
+    env.sim
+        .inject(Operation::FindDeviceById, Fault::TooManyRequests, 2);
     let status = env
         .status("it-429", &created.provider_id, &spec(), &secrets())
         .await
@@ -26,7 +30,8 @@ async fn throttled_calls_succeed_after_retry_after() {
     );
 
     // A create refused with 429 was not committed, so it is retried as is.
-    env.sim.inject("createDevice", Fault::TooManyRequests, 1);
+    env.sim
+        .inject(Operation::CreateDevice, Fault::TooManyRequests, 1);
     env.create("it-429-b", &spec(), &secrets())
         .await
         .expect("create after 429");
@@ -37,19 +42,20 @@ async fn throttled_calls_succeed_after_retry_after() {
 #[tokio::test]
 async fn create_answered_5xx_is_looked_up_before_any_new_post() {
     let env = Env::start().await;
-    env.sim.inject("createDevice", Fault::ServerError, 1);
+    env.sim
+        .inject(Operation::CreateDevice, Fault::ServerError, 1);
     let created = env
         .create("it-5xx", &spec(), &secrets())
         .await
         .expect("recovers");
     assert_eq!(env.live_devices().len(), 1);
     assert_eq!(
-        env.api_calls("createDevice"),
+        env.api_calls(Operation::CreateDevice),
         2,
         "one failed POST, one after the lookup found nothing"
     );
     assert!(
-        env.api_calls("findProjectDevices") >= 2,
+        env.api_calls(Operation::FindProjectDevices) >= 2,
         "looked up before the first and the second POST"
     );
     assert!(created.provider_id.starts_with("equinixmetal://"));
@@ -72,7 +78,7 @@ async fn persistent_server_errors_are_unavailable() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(
-        env.api_calls("findDeviceById"),
+        env.api_calls(Operation::FindDeviceById),
         4,
         "first attempt + 3 retries"
     );
@@ -82,7 +88,7 @@ async fn persistent_server_errors_are_unavailable() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(
-        env.api_calls("createDevice"),
+        env.api_calls(Operation::CreateDevice),
         0,
         "no POST while even the lookup fails"
     );

@@ -9,8 +9,12 @@ use metal_driver::{
         client::CmiClient,
         server::{Running, ServerConfig, start},
     },
-    metal::client::{ClientConfig, MetalClient},
+    metal::{
+        Operation,
+        client::{ClientConfig, MetalClient},
+    },
     provider::{Provider, ProviderConfig},
+    provider_id::ProviderId,
     sim::{self, SimArgs, SimHandle},
     telemetry::Metrics,
 };
@@ -95,13 +99,8 @@ impl Env {
             .collect()
     }
 
-    pub fn api_calls(&self, operation: &str) -> u64 {
-        self.sim
-            .stats()
-            .requests
-            .get(operation)
-            .copied()
-            .unwrap_or(0)
+    pub fn api_calls(&self, operation: Operation) -> u64 {
+        self.sim.stats().requests_of(operation)
     }
 
     pub async fn create(
@@ -201,10 +200,11 @@ pub fn secrets_with(token: &str, user_data: &str) -> HashMap<String, Vec<u8>> {
     ])
 }
 
-/// The UUID inside an `equinixmetal://<uuid>` ProviderID.
+/// The UUID inside a ProviderID the driver emitted, which must be in the form it emits
+/// (`equinixmetal://<uuid>`).
 pub fn uuid_of(provider_id: &str) -> uuid::Uuid {
-    provider_id
-        .strip_prefix("equinixmetal://")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an equinixmetal:// ProviderID: {provider_id}"))
+    let id = ProviderId::parse(provider_id)
+        .unwrap_or_else(|e| panic!("not a ProviderID: {provider_id}: {e}"));
+    assert_eq!(id.to_string(), provider_id, "not the form the driver emits");
+    id.uuid()
 }
