@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let e = Error::from(e);
             assert!(
-                matches!(&e, Error::InvalidArgument { field, .. } if field == "providerID"),
+                matches!(&e, Error::InvalidField { field, .. } if field == "providerID"),
                 "{e:?}"
             )
         }

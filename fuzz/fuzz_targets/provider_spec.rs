@@ -8,7 +8,7 @@ use metal_driver::provider::{Error, spec::ProviderSpec};
 fuzz_target!(|data: &[u8]| {
     if let Err(e) = ProviderSpec::decode(data) {
         assert!(
-            matches!(&e, Error::InvalidArgument { field, .. } if field.starts_with("providerSpec")),
+            matches!(&e, Error::InvalidField { field, .. } if field.starts_with("providerSpec")),
             "rejection without a providerSpec field: {e:?}"
         );
     }

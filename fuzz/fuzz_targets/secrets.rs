@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
                         "Debug shows a secret value"
                     );
                 }
-                Err(Error::InvalidArgument { field, reason }) => {
+                Err(Error::InvalidField { field, why: reason }) => {
                     assert!(field.starts_with("secrets."), "field {field:?}");
                     assert!(
                         !check || !reason.contains(MARKER),

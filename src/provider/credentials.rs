@@ -145,8 +145,8 @@ mod tests {
     #[track_caller]
     fn assert_invalid(r: Result<Credentials, Error>, want_field: &str, secret_value: &str) {
         match r {
-            Err(e @ Error::InvalidArgument { .. }) => {
-                let Error::InvalidArgument { field, .. } = &e else {
+            Err(e @ Error::InvalidField { .. }) => {
+                let Error::InvalidField { field, .. } = &e else {
                     unreachable!()
                 };
                 assert_eq!(field, want_field);
@@ -155,7 +155,7 @@ mod tests {
                     "{e} leaks the value"
                 );
             }
-            other => panic!("expected InvalidArgument on {want_field}, got {other:?}"),
+            other => panic!("expected InvalidField on {want_field}, got {other:?}"),
         }
     }
 

@@ -3,7 +3,7 @@
 //!
 //! CMI says the client ensures one call per machine but may lose track (restarts, retries
 //! after a timeout); two overlapping creates would each find nothing and create two devices.
-//! A second call gets [`Error::Concurrent`] (gRPC `Aborted`, which the client retries).
+//! A second call gets [`Error::MachineBusy`] (gRPC `Aborted`, which the client retries).
 //!
 //! The lock is a `std::sync::Mutex` held only to insert/remove a key, never across an
 //! `.await`; the guard releases on drop, also when the RPC future is cancelled.
@@ -31,14 +31,14 @@ pub struct InFlightGuard<'a> {
 }
 
 impl InFlight {
-    /// Claims `machine` in `project`, or fails with [`Error::Concurrent`] if another call
+    /// Claims `machine` in `project`, or fails with [`Error::MachineBusy`] if another call
     /// holds it.
     pub fn try_acquire(&self, project: Uuid, machine: &str) -> Result<InFlightGuard<'_>, Error> {
         let key = (project, machine.to_string());
         if self.lock().insert(key.clone()) {
             Ok(InFlightGuard { owner: self, key })
         } else {
-            Err(Error::Concurrent {
+            Err(Error::MachineBusy {
                 machine: machine.to_string(),
             })
         }
@@ -79,7 +79,7 @@ mod tests {
         let p = Uuid::from_u128(1);
         let g = f.try_acquire(p, "m1").unwrap();
         assert!(
-            matches!(f.try_acquire(p, "m1"), Err(Error::Concurrent { machine }) if machine == "m1")
+            matches!(f.try_acquire(p, "m1"), Err(Error::MachineBusy { machine }) if machine == "m1")
         );
         // Other machines and other projects are independent.
         let _g2 = f.try_acquire(p, "m2").unwrap();

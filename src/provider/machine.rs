@@ -5,11 +5,11 @@
 //! Classification rules, in one place:
 //! - 404 and 403 on a device mean "gone" (the API answers 403 for failed and moved devices).
 //! - A 422 whose message says the hardware is not available ([`is_out_of_capacity`]) means
-//!   "try the next reservation / on-demand", and finally [`Error::ResourceExhausted`].
+//!   "try the next reservation / on-demand", and finally [`Error::NoCapacity`].
 //! - A create error for which [`metal::Error::may_have_committed`] holds means "look before
 //!   doing anything else": the device may exist.
-//! - Every other API error is returned as [`Error::Api`] (after removing secrets from its
-//!   text by [`Scrubber`]) and `cmi::status` maps it by HTTP status.
+//! - Every other API error has its secrets removed ([`Scrubber`]) and is classified by
+//!   [`Error::api`].
 
 use std::collections::BTreeMap;
 
@@ -23,6 +23,7 @@ use crate::metal::{
 use crate::provider_id::ProviderId;
 
 use super::credentials::Credentials;
+use super::error::Foreign;
 use super::inflight::InFlight;
 use super::lookup::{self, identity_tag, is_going_away};
 use super::scope::Scope;
@@ -119,14 +120,15 @@ impl Ctx {
         })
     }
 
-    /// An API error as the caller may see it: secrets removed from its text.
+    /// An API error as the caller may see it: secrets removed from its text, classified by
+    /// cause.
     fn api_err(&self, e: metal::Error) -> Error {
-        Error::Api(self.scrubber.scrub(e))
+        Error::api(self.scrubber.scrub(e))
     }
 
-    fn check_deadline(&self, what: &str) -> Result<(), Error> {
+    fn check_deadline(&self, during: &'static str) -> Result<(), Error> {
         match self.call.deadline {
-            Some(d) if Instant::now() >= d => Err(Error::Deadline(what.to_string())),
+            Some(d) if Instant::now() >= d => Err(Error::DeadlinePassed { during }),
             _ => Ok(()),
         }
     }
@@ -158,12 +160,12 @@ impl<A: DeviceApi> Provider<A> {
     ///   made when the lookup succeeded and found nothing (at most
     ///   [`ProviderConfig::max_create_attempts`] ambiguous attempts).
     /// - A device in `failed` state is deleted and replaced; an incompatible live device is
-    ///   [`Error::AlreadyExists`] naming what differs; several live devices are
+    ///   [`Error::DeviceMismatch`] naming what differs; several live devices are
     ///   [`Error::MultipleDevices`] (the orphan collector resolves them).
     /// - `reservationIDs` are tried in order, each with a fresh request; an out-of-capacity
     ///   answer moves on; then on-demand (no reservation field at all) unless
-    ///   `reservedDevicesOnly`. Nothing left → [`Error::ResourceExhausted`].
-    /// - A concurrent mutating call for the same machine gets [`Error::Concurrent`].
+    ///   `reservedDevicesOnly`. Nothing left → [`Error::NoCapacity`].
+    /// - A concurrent mutating call for the same machine gets [`Error::MachineBusy`].
     pub async fn create_machine(&self, req: MachineRequest) -> Result<MachineInfo, Error> {
         validate_machine_name(&req.machine_name, true)?;
         let spec = ProviderSpec::decode(&req.provider_spec)?;
@@ -235,45 +237,41 @@ impl<A: DeviceApi> Provider<A> {
                 Err(e) => return Err(ctx.api_err(e)),
             }
         }
-        let mut msg = format!("no capacity for machine {machine}: {}", refusals.join("; "));
-        if spec.reserved_devices_only {
-            msg.push_str(" (reservedDevicesOnly: no on-demand fallback)");
-        }
-        Err(Error::ResourceExhausted(msg))
+        Err(Error::NoCapacity {
+            machine: machine.to_string(),
+            refusals,
+            reserved_only: spec.reserved_devices_only,
+        })
     }
 
     /// GetMachineStatus: by ProviderID when given (one GET), else by lookup (one list).
-    /// NotFound only when the device truly is not there for this cluster: 404/403, no match,
-    /// deprovisioning, or a device without the class's cluster tag.
+    /// "Not found" only when the device truly is not there: 404/403, deprovisioning, or no
+    /// match. A device that exists but is not the class's cluster's is
+    /// [`Error::DeviceNotInCluster`], as for delete and shutdown.
     pub async fn get_machine_status(&self, req: MachineRequest) -> Result<MachineInfo, Error> {
         validate_machine_name(&req.machine_name, false)?;
         let ctx = self.context(&req, "GetMachineStatus")?;
         let machine = req.machine_name.as_str();
         if !req.provider_id.is_empty() {
-            let id = ProviderId::parse(&req.provider_id)?;
-            let device = match self.api.get_device(&ctx.call, id.uuid()).await {
+            let id = ProviderId::parse(&req.provider_id)?.uuid();
+            let device = match self.api.get_device(&ctx.call, id).await {
                 Ok(d) => d,
-                Err(e) if is_gone(&e) => {
-                    return Err(Error::NotFound(format!("device {} not found", id.uuid())));
-                }
+                Err(e) if is_gone(&e) => return Err(Error::DeviceNotFound { device: id }),
                 Err(e) => return Err(ctx.api_err(e)),
             };
-            if let Some(why) = not_ours(&device, id.uuid(), &ctx) {
-                return Err(Error::NotFound(why));
+            if let Some(why) = not_ours(&device, &ctx) {
+                return Err(Error::DeviceNotInCluster { device: id, why });
             }
             if is_going_away(&device) {
-                return Err(Error::NotFound(format!(
-                    "device {} is being deprovisioned",
-                    id.uuid()
-                )));
+                return Err(Error::DeviceDeprovisioning { device: id });
             }
             return machine_info(&device, machine);
         }
         let devices = self.find(&ctx, machine).await?;
         match devices.as_slice() {
-            [] => Err(Error::NotFound(format!(
-                "no device found for machine {machine}"
-            ))),
+            [] => Err(Error::NoDeviceForMachine {
+                machine: machine.to_string(),
+            }),
             [device] => machine_info(device, machine),
             many => Err(multiple(machine, many)),
         }
@@ -286,10 +284,10 @@ impl<A: DeviceApi> Provider<A> {
     ///   gone (404, 403), deprovisioning, or was never created is success.
     /// - With a ProviderID: one GET (cluster membership) and one DELETE. Without: every
     ///   device the lookup finds is deleted (several may claim one machine).
-    /// - A device without the class's cluster tag is never deleted
-    ///   ([`Error::FailedPrecondition`]).
+    /// - A device that is not the class's cluster's is never deleted
+    ///   ([`Error::DeviceNotInCluster`]).
     /// - A locked device is unlocked first only when the spec says `unlockOnDelete: true`;
-    ///   otherwise [`Error::FailedPrecondition`] says how to proceed.
+    ///   otherwise [`Error::DeviceLocked`] says how to proceed.
     /// - userData is not needed: deletion must work after its Secret is gone.
     pub async fn delete_machine(&self, req: MachineRequest) -> Result<(), Error> {
         validate_machine_name(&req.machine_name, false)?;
@@ -338,10 +336,7 @@ impl<A: DeviceApi> Provider<A> {
                     | DeviceState::Reinstalling
                     | DeviceState::PoweringOn),
                 ) => {
-                    return Err(Error::FailedPrecondition(format!(
-                        "device {id} is {}; it can be powered off once it is active",
-                        state.as_str()
-                    )));
+                    return Err(Error::DeviceNotReady { device: id, state });
                 }
                 _ => {}
             }
@@ -353,10 +348,10 @@ impl<A: DeviceApi> Provider<A> {
                 Ok(()) => tracing::info!(machine, device = %id, "powering off"),
                 Err(e) if is_gone(&e) => {}
                 Err(e) if e.status() == Some(422) => {
-                    return Err(Error::FailedPrecondition(format!(
-                        "device {id} cannot be powered off now: {}",
-                        ctx.api_err(e)
-                    )));
+                    return Err(Error::PowerOffRefused {
+                        device: id,
+                        source: ctx.scrubber.scrub(e),
+                    });
                 }
                 Err(e) => return Err(ctx.api_err(e)),
             }
@@ -428,26 +423,25 @@ impl<A: DeviceApi> Provider<A> {
             tracing::info!(machine, device = %device_id(device), "replacing failed device");
             self.remove_device(ctx, device).await?;
         }
-        match live.len() {
-            0 => Ok(None),
-            1 => {
-                let device = live
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| Error::NotFound(machine.to_string()))?;
-                let diffs = incompatibilities(&device, spec);
-                if diffs.is_empty() {
-                    Ok(Some(device))
-                } else {
-                    Err(Error::AlreadyExists(format!(
-                        "device {} already exists for machine {machine} but differs from the providerSpec: {}",
-                        device_id(&device),
-                        diffs.join(", ")
-                    )))
-                }
-            }
-            _ => Err(multiple(machine, &live)),
+        let device = match <[Device; 1]>::try_from(live) {
+            Ok([device]) => device,
+            Err(live) if live.is_empty() => return Ok(None),
+            Err(live) => return Err(multiple(machine, &live)),
+        };
+        let differences = incompatibilities(&device, spec);
+        if differences.is_empty() {
+            return Ok(Some(device));
         }
+        let Some(id) = device.id else {
+            return Err(Error::DeviceWithoutId {
+                machine: machine.to_string(),
+            });
+        };
+        Err(Error::DeviceMismatch {
+            device: id,
+            machine: machine.to_string(),
+            differences,
+        })
     }
 
     /// Resolves a ProviderID (if any) for delete/shutdown.
@@ -461,10 +455,8 @@ impl<A: DeviceApi> Provider<A> {
             Err(e) if is_gone(&e) => return Ok(Target::Gone),
             Err(e) => return Err(ctx.api_err(e)),
         };
-        if let Some(why) = not_ours(&device, id, ctx) {
-            return Err(Error::FailedPrecondition(format!(
-                "{why}; refusing to act on it"
-            )));
+        if let Some(why) = not_ours(&device, ctx) {
+            return Err(Error::DeviceNotInCluster { device: id, why });
         }
         if is_going_away(&device) {
             return Ok(Target::Gone);
@@ -508,10 +500,7 @@ impl<A: DeviceApi> Provider<A> {
     /// Unlocks a device if `unlockOnDelete` allows it. `Ok(false)` when the device is gone.
     async fn unlock(&self, ctx: &Ctx, id: Uuid) -> Result<bool, Error> {
         if !ctx.scope.unlock_on_delete {
-            return Err(Error::FailedPrecondition(format!(
-                "device {id} is locked against deletion; unlock it (PUT /devices/{id} locked=false) \
-                 or set providerSpec.unlockOnDelete: true"
-            )));
+            return Err(Error::DeviceLocked { device: id });
         }
         let input = DeviceUpdateInput {
             locked: Some(false),
@@ -663,9 +652,9 @@ fn incompatibilities(device: &Device, spec: &ProviderSpec) -> Vec<String> {
 }
 
 fn machine_info(device: &Device, machine: &str) -> Result<MachineInfo, Error> {
-    let id = device
-        .id
-        .ok_or_else(|| Error::NotFound(format!("device for machine {machine} has no id")))?;
+    let id = device.id.ok_or_else(|| Error::DeviceWithoutId {
+        machine: machine.to_string(),
+    })?;
     let node_name = device
         .hostname
         .clone()
@@ -683,28 +672,26 @@ fn device_id(device: &Device) -> String {
         .map_or_else(|| "<no id>".to_string(), |id| id.to_string())
 }
 
+/// Several devices claim `machine`. The lookup only returns devices with an id.
 fn multiple(machine: &str, devices: &[Device]) -> Error {
     Error::MultipleDevices {
         machine: machine.to_string(),
-        count: devices.len(),
-        ids: devices.iter().map(device_id).collect::<Vec<_>>().join(", "),
+        devices: devices.iter().filter_map(|d| d.id).collect(),
     }
 }
 
 /// Why a device found by ProviderID is not this class's to act on (CMI: act only on the
 /// cluster's machines), or `None` when it is.
-fn not_ours(device: &Device, id: Uuid, ctx: &Ctx) -> Option<String> {
+fn not_ours(device: &Device, ctx: &Ctx) -> Option<Foreign> {
     if !lookup::in_project(device, ctx.project) {
-        return Some(format!(
-            "device {id} is not part of this cluster (it belongs to another project than {})",
-            ctx.project
-        ));
+        return Some(Foreign::OtherProject {
+            project: ctx.project,
+        });
     }
     if !device.has_tag(&ctx.scope.cluster_tag) {
-        return Some(format!(
-            "device {id} is not part of this cluster (it lacks the tag {})",
-            ctx.scope.cluster_tag
-        ));
+        return Some(Foreign::MissingClusterTag {
+            tag: ctx.scope.cluster_tag.clone(),
+        });
     }
     None
 }

@@ -95,8 +95,8 @@ fn pid(id: Uuid) -> String {
 #[track_caller]
 fn assert_invalid<T: std::fmt::Debug>(r: Result<T, Error>, want_field: &str) {
     match r {
-        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, want_field),
-        other => panic!("expected InvalidArgument on {want_field}, got {other:?}"),
+        Err(Error::InvalidField { field, .. }) => assert_eq!(field, want_field),
+        other => panic!("expected InvalidField on {want_field}, got {other:?}"),
     }
 }
 
@@ -294,7 +294,10 @@ async fn ambiguous_failures_are_bounded() {
     }
     let err = p.create_machine(req()).await.unwrap_err();
     assert!(
-        matches!(err, Error::Api(metal::Error::Transport { .. })),
+        matches!(
+            err,
+            Error::UpstreamUnavailable(metal::Error::Transport { .. })
+        ),
         "{err:?}"
     );
     assert_eq!(p.api().calls(Operation::CreateDevice), 3);
@@ -377,12 +380,15 @@ async fn reserved_devices_only_is_resource_exhausted() {
     s["reservedDevicesOnly"] = json!(true);
     p.api().no_capacity_for(Some("next-available"));
     let err = p.create_machine(req_with(MACHINE, &s)).await.unwrap_err();
-    match err {
-        Error::ResourceExhausted(msg) => {
-            assert!(
-                msg.contains(r1) && msg.contains("reservedDevicesOnly"),
-                "{msg}"
-            );
+    match &err {
+        Error::NoCapacity {
+            refusals,
+            reserved_only: true,
+            ..
+        } => {
+            assert_eq!(refusals.len(), 2, "{refusals:?}");
+            assert!(refusals[0].contains(r1), "{refusals:?}");
+            assert!(err.to_string().contains("reservedDevicesOnly"), "{err}");
         }
         other => panic!("{other:?}"),
     }
@@ -401,7 +407,10 @@ async fn on_demand_without_capacity_is_resource_exhausted() {
     p.api().no_capacity_for(None);
     assert!(matches!(
         p.create_machine(req()).await,
-        Err(Error::ResourceExhausted(_))
+        Err(Error::NoCapacity {
+            reserved_only: false,
+            ..
+        })
     ));
 }
 
@@ -418,7 +427,7 @@ async fn other_422_passes_through_without_fallback() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Api(ref e) if e.status() == Some(422)),
+        matches!(err, Error::RequestRejected(ref e) if e.status() == Some(422)),
         "{err:?}"
     );
     assert_eq!(p.api().calls(Operation::CreateDevice), 1);
@@ -499,11 +508,13 @@ async fn incompatible_device_is_already_exists() {
     });
     p.api().insert(project(), d);
     match p.create_machine(req()).await {
-        Err(Error::AlreadyExists(msg)) => {
+        Err(Error::DeviceMismatch { differences, .. }) => {
+            assert_eq!(differences.len(), 2, "{differences:?}");
             assert!(
-                msg.contains("plan m3.large.x86") && msg.contains("metro da"),
-                "{msg}"
+                differences[0].starts_with("plan m3.large.x86"),
+                "{differences:?}"
             );
+            assert!(differences[1].starts_with("metro da"), "{differences:?}");
         }
         other => panic!("{other:?}"),
     }
@@ -552,12 +563,12 @@ async fn several_devices_are_multiple_devices() {
         .insert(project(), our_device(MACHINE, DeviceState::Provisioning));
     let err = p.create_machine(req()).await.unwrap_err();
     assert!(
-        matches!(err, Error::MultipleDevices { count: 2, .. }),
+        matches!(err, Error::MultipleDevices { ref devices, .. } if devices.len() == 2),
         "{err:?}"
     );
     assert!(matches!(
         p.get_machine_status(req()).await,
-        Err(Error::MultipleDevices { count: 2, .. })
+        Err(Error::MultipleDevices { ref devices, .. }) if devices.len() == 2
     ));
     assert_eq!(p.api().calls(Operation::CreateDevice), 0);
 }
@@ -580,10 +591,10 @@ async fn concurrent_create_on_same_machine_is_aborted() {
     let (ra, (rb, other)) = tokio::join!(a, b);
     assert!(ra.is_ok());
     assert!(
-        matches!(rb, Err(Error::Concurrent { ref machine }) if machine == MACHINE),
+        matches!(rb, Err(Error::MachineBusy { ref machine }) if machine == MACHINE),
         "{rb:?}"
     );
-    assert!(matches!(other, Err(Error::NotFound(_))));
+    assert!(matches!(other, Err(Error::NoDeviceForMachine { .. })));
     assert_eq!(p.api().device_count(), 1);
     // The guard is released: a later call succeeds.
     p.create_machine(req()).await.unwrap();
@@ -594,7 +605,10 @@ async fn deadline_passed_before_create() {
     let p = provider();
     let mut r = req();
     r.deadline = Some(Instant::now());
-    assert!(matches!(p.create_machine(r).await, Err(Error::Deadline(_))));
+    assert!(matches!(
+        p.create_machine(r).await,
+        Err(Error::DeadlinePassed { .. })
+    ));
     assert_eq!(p.api().calls(Operation::CreateDevice), 0);
 }
 
@@ -640,11 +654,9 @@ async fn api_errors_are_scrubbed_of_secrets() {
     assert!(!text.contains("SECRET"), "{text}");
 }
 
+/// The HTTP status of the API error an error passes on.
 fn err_status(e: &Error) -> Option<u16> {
-    match e {
-        Error::Api(e) => e.status(),
-        _ => None,
-    }
+    e.api_error().and_then(metal::Error::status)
 }
 
 // ---------------------------------------------------------------- GetMachineStatus
@@ -681,9 +693,10 @@ async fn status_by_provider_id() {
 #[tokio::test]
 async fn status_not_found_cases() {
     let p = provider();
+    let unknown = Uuid::new_v4();
     assert!(matches!(
-        p.get_machine_status(req_id(pid(Uuid::new_v4()))).await,
-        Err(Error::NotFound(_))
+        p.get_machine_status(req_id(pid(unknown))).await,
+        Err(Error::DeviceNotFound { device }) if device == unknown
     ));
 
     let id = p
@@ -695,39 +708,61 @@ async fn status_not_found_cases() {
     );
     assert!(matches!(
         p.get_machine_status(req_id(pid(id))).await,
-        Err(Error::NotFound(_))
+        Err(Error::DeviceNotFound { .. })
     ));
-
-    let mut foreign = our_device(MACHINE, DeviceState::Active);
-    foreign.tags = Some(vec!["kubernetes.io/cluster/other".into(), ROLE.into()]);
-    let fid = p.api().insert(project(), foreign);
-    match p.get_machine_status(req_id(pid(fid))).await {
-        Err(Error::NotFound(msg)) => assert!(msg.contains("not part of this cluster"), "{msg}"),
-        other => panic!("{other:?}"),
-    }
-
-    let mut elsewhere = our_device(MACHINE, DeviceState::Active);
-    elsewhere.project_lite = Some(crate::metal::Href {
-        href: format!("/metal/v1/projects/{OTHER_PROJECT}"),
-    });
-    let eid = p.api().insert(project(), elsewhere);
-    match p.get_machine_status(req_id(pid(eid))).await {
-        Err(Error::NotFound(msg)) => assert!(msg.contains("another project"), "{msg}"),
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(
-        p.delete_machine(req_id(pid(eid))).await,
-        Err(Error::FailedPrecondition(_))
-    ));
-    assert!(p.api().device(eid).is_some());
 
     let gone = p
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Deprovisioning));
     assert!(matches!(
         p.get_machine_status(req_id(pid(gone))).await,
-        Err(Error::NotFound(_))
+        Err(Error::DeviceDeprovisioning { device }) if device == gone
     ));
+}
+
+/// A device that exists but is another cluster's (or another project's) is refused alike by
+/// every call that names it: never "not found", never touched.
+#[tokio::test]
+async fn devices_of_other_clusters_are_refused_by_every_call() {
+    let p = provider();
+    let mut foreign = our_device(MACHINE, DeviceState::Active);
+    foreign.tags = Some(vec!["kubernetes.io/cluster/other".into(), ROLE.into()]);
+    let fid = p.api().insert(project(), foreign);
+    let mut elsewhere = our_device(MACHINE, DeviceState::Active);
+    elsewhere.project_lite = Some(crate::metal::Href {
+        href: format!("/metal/v1/projects/{OTHER_PROJECT}"),
+    });
+    let eid = p.api().insert(project(), elsewhere);
+
+    for (id, want) in [
+        (
+            fid,
+            Foreign::MissingClusterTag {
+                tag: CLUSTER.into(),
+            },
+        ),
+        (eid, Foreign::OtherProject { project: project() }),
+    ] {
+        let results = [
+            p.get_machine_status(req_id(pid(id))).await.map(drop),
+            p.delete_machine(req_id(pid(id))).await,
+            p.shutdown_machine(req_id(pid(id))).await,
+        ];
+        for result in results {
+            match result {
+                Err(Error::DeviceNotInCluster { device, why }) => {
+                    assert_eq!((device, &why), (id, &want));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            p.api().device(id).map(|d| d.state),
+            Some(Some(DeviceState::Active))
+        );
+    }
+    assert_eq!(p.api().calls(Operation::DeleteDevice), 0);
+    assert_eq!(p.api().calls(Operation::PerformAction), 0);
 }
 
 #[tokio::test]
@@ -759,7 +794,7 @@ async fn status_by_lookup() {
     let p = provider();
     assert!(matches!(
         p.get_machine_status(req()).await,
-        Err(Error::NotFound(_))
+        Err(Error::NoDeviceForMachine { .. })
     ));
 
     // Ours in another cluster, ours in another project, and a device whose identity tag
@@ -783,7 +818,7 @@ async fn status_by_lookup() {
     p.api().insert(project(), renamed);
     assert!(matches!(
         p.get_machine_status(req()).await,
-        Err(Error::NotFound(_))
+        Err(Error::NoDeviceForMachine { .. })
     ));
 
     let id = p
@@ -901,30 +936,13 @@ async fn delete_of_deprovisioning_or_vanishing_device_is_ok() {
 }
 
 #[tokio::test]
-async fn delete_refuses_devices_of_other_clusters() {
-    let p = provider();
-    let mut d = our_device(MACHINE, DeviceState::Active);
-    d.tags = Some(vec!["kubernetes.io/cluster/other".into()]);
-    let id = p.api().insert(project(), d);
-    assert!(matches!(
-        p.delete_machine(req_id(pid(id))).await,
-        Err(Error::FailedPrecondition(_))
-    ));
-    assert!(p.api().device(id).is_some());
-    assert!(matches!(
-        p.shutdown_machine(req_id(pid(id))).await,
-        Err(Error::FailedPrecondition(_))
-    ));
-}
-
-#[tokio::test]
 async fn locked_device_needs_unlock_on_delete() {
     let p = provider();
     let mut d = our_device(MACHINE, DeviceState::Active);
     d.locked = Some(true);
     let id = p.api().insert(project(), d);
     match p.delete_machine(req_id(pid(id))).await {
-        Err(Error::FailedPrecondition(msg)) => assert!(msg.contains("unlockOnDelete"), "{msg}"),
+        Err(Error::DeviceLocked { device }) => assert_eq!(device, id),
         other => panic!("{other:?}"),
     }
     assert!(p.api().device(id).is_some());
@@ -958,7 +976,7 @@ async fn stale_lock_view_is_handled() {
     };
     p.delete_machine(r).await.unwrap();
     assert!(p.api().device(id).is_none());
-    // Not allowed: FailedPrecondition.
+    // Not allowed: the device stays locked.
     let id = p
         .api()
         .insert(project(), our_device(MACHINE, DeviceState::Active));
@@ -968,7 +986,7 @@ async fn stale_lock_view_is_handled() {
     );
     assert!(matches!(
         p.delete_machine(req()).await,
-        Err(Error::FailedPrecondition(_))
+        Err(Error::DeviceLocked { device }) if device == id
     ));
     assert!(p.api().device(id).is_some());
 }
@@ -1032,7 +1050,13 @@ async fn shutdown_while_provisioning_is_failed_precondition_and_failed_is_ok() {
         .insert(project(), our_device(MACHINE, DeviceState::Provisioning));
     let err = p.shutdown_machine(req_id(pid(id))).await.unwrap_err();
     assert!(
-        matches!(&err, Error::FailedPrecondition(m) if m.contains("provisioning")),
+        matches!(
+            &err,
+            Error::DeviceNotReady {
+                state: DeviceState::Provisioning,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(
@@ -1050,6 +1074,29 @@ async fn shutdown_while_provisioning_is_failed_precondition_and_failed_is_ok() {
         .await
         .expect("nothing runs on a failed device");
     assert_eq!(p.api().calls(Operation::PerformAction), 0);
+}
+
+/// The API refusing a power-off (422) is a device fact, not a malformed request; its text
+/// is kept, scrubbed of secrets.
+#[tokio::test]
+async fn a_refused_power_off_names_the_device() {
+    let p = provider();
+    let id = p
+        .api()
+        .insert(project(), our_device(MACHINE, DeviceState::Active));
+    p.api().fail_next(
+        Operation::PerformAction,
+        Fault::Status(422, format!("Device is busy ({TOKEN})")),
+    );
+    let err = p.shutdown_machine(req_id(pid(id))).await.unwrap_err();
+    match &err {
+        Error::PowerOffRefused { device, source } => {
+            assert_eq!(*device, id);
+            assert_eq!(source.status(), Some(422));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!err.to_string().contains(TOKEN), "{err}");
 }
 
 #[tokio::test]

@@ -175,8 +175,8 @@ mod tests {
 
     fn field_of(e: Error) -> String {
         match e {
-            Error::InvalidArgument { field, .. } => field,
-            other => panic!("not InvalidArgument: {other:?}"),
+            Error::InvalidField { field, .. } => field,
+            other => panic!("not InvalidField: {other:?}"),
         }
     }
 

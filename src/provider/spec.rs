@@ -1,5 +1,5 @@
 //! The MachineClass `providerSpec`: decoded from JSON with Gardener's field names, then
-//! validated so that every problem is reported as [`Error::InvalidArgument`] naming the
+//! validated so that every problem is reported as [`Error::InvalidField`] naming the
 //! field a user has to fix (`providerSpec.tags[1]`, `providerSpec.fooBar`, ...).
 //!
 //! Decoding is strict: unknown fields are rejected (a typo such as `machinetype` must not be
@@ -260,7 +260,7 @@ struct RawIpAddress {
 
 impl ProviderSpec {
     /// Decodes and validates the providerSpec bytes. Every error is
-    /// [`Error::InvalidArgument`] with a `providerSpec...` field path.
+    /// [`Error::InvalidField`] with a `providerSpec...` field path.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
         if bytes.len() > MAX_SPEC_BYTES {
             return Err(Error::invalid(
@@ -299,8 +299,7 @@ fn parse(bytes: &[u8]) -> Result<RawSpec, Error> {
             } else {
                 format!("{ROOT}.{path}")
             };
-            let reason = json_reason(&inner, &path);
-            Error::InvalidArgument { field, reason }
+            Error::invalid(field, json_reason(&inner, &path))
         })?;
     de.end()
         .map_err(|e| Error::invalid(ROOT, format!("trailing data after the JSON object ({e})")))?;
@@ -772,18 +771,18 @@ mod tests {
         v
     }
 
-    /// Asserts an InvalidArgument on exactly `want_field` whose reason contains `want`.
+    /// Asserts an InvalidField on exactly `want_field` whose reason contains `want`.
     #[track_caller]
     fn assert_invalid(r: Result<ProviderSpec, Error>, want_field: &str, want: &str) {
         match r {
-            Err(Error::InvalidArgument { field, reason }) => {
+            Err(Error::InvalidField { field, why: reason }) => {
                 assert_eq!(field, want_field, "reason: {reason}");
                 assert!(
                     reason.contains(want),
                     "{field}: {reason:?} does not contain {want:?}"
                 );
             }
-            other => panic!("expected InvalidArgument on {want_field}, got {other:?}"),
+            other => panic!("expected InvalidField on {want_field}, got {other:?}"),
         }
     }
 
@@ -1217,7 +1216,7 @@ mod tests {
         fn arbitrary_json_never_panics(v in arb_json()) {
             let r = decode(&v);
             if let Err(e) = r {
-                let named = matches!(e, Error::InvalidArgument { ref field, .. } if field.starts_with("providerSpec"));
+                let named = matches!(e, Error::InvalidField { ref field, .. } if field.starts_with("providerSpec"));
                 proptest::prop_assert!(named, "unexpected error {:?}", e);
             }
         }

@@ -98,7 +98,7 @@ proptest! {
                 let shown = format!("{creds:?}");
                 prop_assert!(!shown.contains(SECRET_VALUE), "Debug shows a secret");
             }
-            Err(Error::InvalidArgument { field, reason }) => {
+            Err(Error::InvalidField { field, why: reason }) => {
                 prop_assert!(field.starts_with("secrets."), "field {field:?}");
                 prop_assert!(!reason.contains(SECRET_VALUE) && !field.contains(SECRET_VALUE));
             }
@@ -115,7 +115,7 @@ proptest! {
         "[a-z]{0,12}://[0-9a-f-]{36}",
     ]) {
         if let Err(e) = ProviderId::parse(&s).map_err(Error::from) {
-            prop_assert!(matches!(&e, Error::InvalidArgument { field, .. } if field == "providerID"), "{e:?}");
+            prop_assert!(matches!(&e, Error::InvalidField { field, .. } if field == "providerID"), "{e:?}");
         }
     }
 
@@ -140,7 +140,7 @@ proptest! {
             spec[k] = v;
         }
         if let Err(e) = ProviderSpec::decode(spec.to_string().as_bytes()) {
-            prop_assert!(matches!(&e, Error::InvalidArgument { field, .. } if field.starts_with("providerSpec")), "{e:?}");
+            prop_assert!(matches!(&e, Error::InvalidField { field, .. } if field.starts_with("providerSpec")), "{e:?}");
         }
     }
 

@@ -255,12 +255,18 @@ async fn driver_acts_only_on_its_cluster() {
     ]);
     let created = env.create("it-foreign", &theirs, &secrets).await.unwrap();
 
-    // Same project, other cluster: invisible to our class.
+    // Same project, other cluster: not listed for our class, and a status by its
+    // ProviderID refuses it rather than calling it gone (which would make MCM create).
     let err = env
         .status("it-foreign", &created.provider_id, &ours, &secrets)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("not part of this cluster"),
+        "{}",
+        err.message()
+    );
     assert!(
         !env.list(&ours, &secrets)
             .await
