@@ -5,26 +5,16 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::{
-    cmi::{
-        calls::MachineRef,
-        client::CmiClient,
-        server::{ServerConfig, start},
-    },
-    metal::{
-        DeviceState,
-        client::{ClientConfig, MetalClient},
-    },
-    provider::{Provider, ProviderConfig},
+    cmi::{calls::MachineRef, client::CmiClient},
+    metal::DeviceState,
     sim::{self, SimArgs},
-    telemetry::Metrics,
+    testkit::Stack,
 };
 
 /// The simulator's default project and token, which the demo's MachineClass uses.
@@ -104,45 +94,20 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         provision_seconds: args.provision_seconds,
         ..SimArgs::for_tests()
     };
-    let sim = sim::spawn(sim_args)
+    let stack = Stack::start(sim_args, |_| {}, Duration::from_secs(30))
         .await
-        .map_err(|e| fail("start simulator", e))?;
-    println!("simulator (Equinix Metal API)   {}", sim.base_url());
-
-    let metrics = Metrics::new();
-    let client = MetalClient::new(
-        ClientConfig {
-            base_url: sim.base_url(),
-            ..ClientConfig::default()
-        },
-        Some(metrics.metal.clone()),
-    )
-    .map_err(|e| fail("build Metal client", e))?;
-    let provider = Arc::new(Provider::new(client, ProviderConfig::default()));
-    let stop = CancellationToken::new();
-    let server = start(
-        ServerConfig::loopback(),
-        provider,
-        metrics.clone(),
-        stop.clone(),
-    )
-    .await
-    .map_err(|e| fail("start driver", e))?;
-    println!("driver (CMI gRPC)               {}", server.endpoint);
+        .map_err(|e| fail(e.step, e.reason))?;
+    println!("simulator (Equinix Metal API)   {}", stack.sim.base_url());
+    println!("driver (CMI gRPC)               {}", stack.server.endpoint);
     println!(
         "driver metrics                  http://{}/metrics",
-        server.http_addr
+        stack.server.http_addr
     );
     println!();
 
-    let cmi = CmiClient::connect(&server.endpoint.to_string(), Duration::from_secs(30))
-        .await
-        .map_err(|e| fail("connect", e))?;
-    let result = drive(&steps, &cmi, &sim, &args.machine_name).await;
+    let result = drive(&steps, &stack.cmi, &stack.sim, &args.machine_name).await;
 
-    stop.cancel();
-    let _ = server.wait().await;
-    sim.shutdown().await;
+    stack.stop().await;
     match &result {
         Ok(()) => println!("\ndemo finished: every step behaved as expected"),
         Err(e) => println!("\ndemo FAILED: {e}"),

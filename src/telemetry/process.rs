@@ -59,6 +59,14 @@ pub fn parse_limit(limits: &str, name: &str) -> Option<f64> {
     }
 }
 
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, …).
+pub fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
 /// `IpExt` InOctets and OutOctets from `/proc/self/net/netstat`.
 pub fn parse_netstat(netstat: &str) -> Option<(f64, f64)> {
     let mut lines = netstat.lines();
@@ -88,18 +96,21 @@ fn boot_time() -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Clock ticks per second, the unit of `stat`'s CPU and start times (100 if unknown).
+#[allow(unsafe_code)]
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
 /// Reads `/proc/self` now; `None` without `/proc`.
 #[allow(unsafe_code)]
 pub fn read() -> Option<Reading> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let ticks = ticks_per_second();
     // SAFETY: sysconf only reads a configuration value.
-    let (ticks, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     let page = if page > 0 { page as f64 } else { 4096.0 };
     let (cpu_seconds, vsize, rss_pages, start_ticks) = parse_stat(&stat, ticks)?;
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
@@ -217,6 +228,15 @@ mod tests {
         assert_eq!(vsize, 104_857_600.0);
         assert_eq!(rss, 2560.0);
         assert_eq!(start, 123_456.0);
+    }
+
+    #[test]
+    fn status_kb_fields_parse_by_exact_key() {
+        let status = "Name:\tmetal-driver\nVmHWM:\t   12345 kB\nVmRSS:\t    9876 kB\n";
+        assert_eq!(parse_status_kb(status, "VmRSS"), Some(9876));
+        assert_eq!(parse_status_kb(status, "VmHWM"), Some(12345));
+        assert_eq!(parse_status_kb(status, "Vm"), None);
+        assert_eq!(parse_status_kb(status, "VmSwap"), None);
     }
 
     #[test]

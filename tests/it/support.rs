@@ -1,22 +1,17 @@
 //! Spawns the simulator and the driver on ephemeral loopback ports and gives tests a CMI
 //! client plus one-line calls for the usual class.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use metal_driver::{
     cmi::{
         calls::{CallError, Created, Found, MachineRef},
-        client::CmiClient,
-        server::{Running, ServerConfig, start},
+        server::Running,
     },
-    metal::{
-        Operation,
-        client::{ClientConfig, MetalClient},
-    },
-    provider::{Provider, ProviderConfig},
+    metal::{Operation, client::ClientConfig},
     provider_id::ProviderId,
-    sim::{self, SimArgs, SimHandle},
-    telemetry::Metrics,
+    sim::{SimArgs, SimHandle},
+    testkit::Stack,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -26,13 +21,15 @@ pub const TOKEN: &str = "sim-token";
 pub const CLUSTER_TAG: &str = "kubernetes.io/cluster/shoot--it--test";
 pub const ROLE_TAG: &str = "kubernetes.io/role/node";
 
-/// A running simulator + driver + client.
-pub struct Env {
-    pub sim: SimHandle,
-    pub server: Running,
-    pub cmi: CmiClient,
-    pub metrics: Metrics,
-    stop: CancellationToken,
+/// A running simulator + driver + client (the kit's stack, with the tests' calls on top).
+pub struct Env(Stack);
+
+impl std::ops::Deref for Env {
+    type Target = Stack;
+
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 impl Env {
@@ -43,51 +40,27 @@ impl Env {
     /// Starts with custom simulator flags and Metal client settings. Backoff is shortened
     /// so retry tests stay quick; `Retry-After` from the simulator is still honoured.
     pub async fn with(sim_args: SimArgs, tweak: impl FnOnce(&mut ClientConfig)) -> Self {
-        let sim = sim::spawn(sim_args).await.expect("simulator starts");
-        let metrics = Metrics::new();
-        let mut config = ClientConfig {
-            base_url: sim.base_url(),
-            backoff_base: Duration::from_millis(5),
-            backoff_max: Duration::from_millis(50),
-            ..ClientConfig::default()
+        let client = |config: &mut ClientConfig| {
+            config.backoff_base = Duration::from_millis(5);
+            config.backoff_max = Duration::from_millis(50);
+            tweak(config);
         };
-        tweak(&mut config);
-        let client = MetalClient::new(config, Some(metrics.metal.clone())).expect("client builds");
-        let provider = Arc::new(Provider::new(client, ProviderConfig::default()));
-        let stop = CancellationToken::new();
-        let server = start(
-            ServerConfig::loopback(),
-            provider,
-            metrics.clone(),
-            stop.clone(),
-        )
-        .await
-        .expect("driver starts");
-        let cmi = CmiClient::connect(&server.endpoint.to_string(), Duration::from_secs(60))
+        Stack::start(sim_args, client, Duration::from_secs(60))
             .await
-            .expect("client connects");
-        Self {
-            sim,
-            server,
-            cmi,
-            metrics,
-            stop,
-        }
+            .map(Self)
+            .unwrap_or_else(|e| panic!("test stack: {e}"))
     }
 
     /// Splits the environment for tests that drive shutdown themselves.
     pub fn into_parts(self) -> Parts {
-        Parts {
-            sim: self.sim,
-            server: self.server,
-            stop: self.stop,
-        }
+        let Stack {
+            sim, server, stop, ..
+        } = self.0;
+        Parts { sim, server, stop }
     }
 
     pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.server.wait().await;
-        self.sim.shutdown().await;
+        self.0.stop().await;
     }
 
     /// Devices in the simulator that are not being torn down.

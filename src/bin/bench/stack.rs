@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use metal_driver::metal::DeviceCreateInput;
 use metal_driver::sim::{self, DEFAULT_PROJECT, SimArgs, SimHandle};
+use metal_driver::testkit::proc;
 use tokio::runtime::Runtime;
 
 use crate::Ctx;
@@ -145,9 +146,9 @@ impl Driver {
         self.child.id()
     }
 
-    /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`).
+    /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`); 0 once the process is gone.
     pub(crate) fn status_kb(&self, key: &str) -> u64 {
-        proc_status_kb(self.pid(), key)
+        proc::status_kb(self.pid(), key).unwrap_or(0)
     }
 
     pub(crate) fn rss_mb(&self) -> f64 {
@@ -160,21 +161,7 @@ impl Driver {
 
     /// CPU seconds (user + system) the driver has used so far.
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
-            return f64::NAN;
-        };
-        // Fields after the `(comm)`: state is field 3; utime and stime are 14 and 15.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            return f64::NAN;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-        };
-        (ticks(11) + ticks(12)) / clock_ticks()
+        proc::cpu_seconds(self.pid()).unwrap_or(f64::NAN)
     }
 }
 
@@ -183,26 +170,4 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub(crate) fn proc_status_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-                rest.trim().trim_end_matches("kB").trim().parse().ok()
-            })
-        })
-        .unwrap_or(0)
-}
-
-pub(crate) fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
