@@ -8,6 +8,8 @@
 #   cli (machine_cli, manifest)   a CMI client too: no provider, metal, sim or controller
 #   shared (provider_id,          the wire concepts driver, controller and CLI share: they use
 #           secret_data)          no layer and no transport, so every layer may use them
+#   testkit                       only the demo, the kit itself and the binaries under src/bin
+#                                 (and tests) may use it: it stays out of the production graph
 #
 # Test code (`#[cfg(test)]` modules, inline or in their own files) may cross layers: a test
 # of the Metal client runs against the simulator, for example. Fails listing every offending
@@ -33,6 +35,12 @@ RULES = {
     "shared": (["src/provider_id.rs", "src/secret_data.rs"], ["cmi", "provider", "metal", "sim",
                "controller", "manifest", "machine_cli", "demo"], ["tonic", "kube", "reqwest", "axum", "hyper"]),
 }
+
+# Every file of src/ outside the kit's allowed users must not name it.
+KIT_USERS = ("testkit", "demo.rs", "bin")
+RULES["production"] = ([f"src/{p.name}" for p in sorted(pathlib.Path("src").iterdir())
+                        if p.name not in KIT_USERS and (p.is_dir() or p.suffix == ".rs")],
+                       ["testkit"], [])
 
 def test_files(root):
     """Files declared as `#[cfg(test)] mod x;` are test code as a whole."""
@@ -161,6 +169,7 @@ BREACHES = [
     ("src/sim/state.rs", "use crate::{\n    metal::{types::A, client::Breach},\n};", "sim must not use crate::metal::client"),
     ("src/machine_cli.rs", "fn breach() { let _ = crate::sim::run; }", "cli must not use crate::sim"),
     ("src/secret_data.rs", "use crate::controller::secrets::load;", "shared must not use crate::controller"),
+    ("src/cmi/server.rs", "use crate::testkit::Stack;", "production must not use crate::testkit"),
 ]
 
 def self_test(root):
