@@ -4,6 +4,7 @@
 //! controller: `hack/check-layering.sh` lets only the demo, the kit itself and the binaries
 //! under `src/bin` (plus tests) name it.
 
+pub mod child;
 pub mod proc;
 pub mod stack;
 

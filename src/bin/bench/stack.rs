@@ -3,14 +3,12 @@
 //! as a subprocess (so its RSS and CPU can be read from `/proc/<pid>`).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use metal_driver::metal::DeviceCreateInput;
 use metal_driver::sim::{self, DEFAULT_PROJECT, SimArgs, SimHandle};
-use metal_driver::testkit::proc;
-use tokio::runtime::Runtime;
+use metal_driver::testkit::{child::Child, proc};
+use tokio::runtime::{Handle, Runtime};
 
 use crate::Ctx;
 use crate::calls::{IDENTITY_PREFIX, ROLE_TAG};
@@ -85,10 +83,13 @@ pub(crate) fn device_input(name: &str, cluster_tag: &str) -> DeviceCreateInput {
     }
 }
 
+/// How long a driver may take to print `listening on`.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
 pub(crate) struct Driver {
-    pub(crate) child: Child,
-    // Kept open: the driver's stdout must not become a broken pipe.
-    pub(crate) _stdout: BufReader<ChildStdout>,
+    child: Option<Child>,
+    /// The load runtime, to reap the child when the scenario drops it.
+    rt: Handle,
     pub(crate) endpoint: String,
     /// exec → the `listening on` line.
     pub(crate) listening_after: Duration,
@@ -97,10 +98,8 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn start(ctx: &Ctx, metal_url: &str, extra: &[&str], log_name: &str) -> Self {
-        let log = std::fs::File::create(ctx.logs.join(format!("{log_name}.log")))
-            .expect("driver log file");
-        let spawned_at = Instant::now();
-        let mut child = Command::new(&ctx.driver_bin)
+        let mut command = tokio::process::Command::new(&ctx.driver_bin);
+        command
             .arg("serve")
             .args([
                 "--endpoint",
@@ -112,38 +111,23 @@ impl Driver {
             .args(extra)
             .env("METAL_DRIVER_LOG_LEVEL", "warn")
             .env_remove("RUST_LOG")
-            .env_remove("CMI_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("driver starts");
-        let mut stdout = BufReader::new(child.stdout.take().expect("driver stdout"));
-        let mut line = String::new();
-        let read = stdout.read_line(&mut line);
-        let listening_after = spawned_at.elapsed();
-        let endpoint = match (read, line.trim().strip_prefix("listening on ")) {
-            (Ok(n), Some(ep)) if n > 0 => ep.to_owned(),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "driver did not print `listening on` (got {line:?}); see {}/{log_name}.log",
-                    ctx.logs.display()
-                );
-            }
-        };
+            .env_remove("CMI_ENDPOINT");
+        let log = ctx.logs.join(format!("{log_name}.log"));
+        let child = ctx
+            .rt
+            .block_on(Child::spawn(command, "driver", &log, READY_WITHIN))
+            .unwrap_or_else(|e| panic!("{e}; see {}", log.display()));
         Self {
-            child,
-            _stdout: stdout,
-            endpoint,
-            listening_after,
-            spawned_at,
+            endpoint: child.url.clone(),
+            listening_after: child.listening_after,
+            spawned_at: child.spawned_at,
+            child: Some(child),
+            rt: ctx.rt.handle().clone(),
         }
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::pid)
     }
 
     /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`); 0 once the process is gone.
@@ -167,7 +151,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.take() {
+            self.rt.block_on(child.kill());
+        }
     }
 }

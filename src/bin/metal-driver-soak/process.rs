@@ -1,14 +1,9 @@
 //! A `metal-driver` subprocess the soak kills and restarts (the driver, and the controller
 //! when the controller lane runs), with the history the invariants need.
 
-use std::{
-    ffi::OsString,
-    path::PathBuf,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use tokio::{io::AsyncBufReadExt, process::Child};
+use metal_driver::testkit::child::{Child, Terminated};
 
 /// One supervised role (`driver` or `controller`): how to start it and what happened to it.
 pub struct Supervised {
@@ -56,65 +51,46 @@ impl Supervised {
     /// Starts a run and waits for its `listening on` line (both roles print one first).
     pub async fn start(&mut self) -> Result<(), String> {
         self.runs += 1;
-        let log = std::fs::File::create(self.log_path(self.runs)).map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(&self.bin)
+        let mut command = tokio::process::Command::new(&self.bin);
+        command
             .args(&self.args)
             .env_remove("RUST_LOG")
-            .env("METAL_DRIVER_LOG_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let role = self.role;
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .map_err(|_| format!("the {role} did not say `listening on` within 60 s"))?
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("the {role} exited before listening"))?;
-        let Some(url) = first.strip_prefix("listening on ") else {
-            return Err(format!("unexpected first line from the {role}: {first}"));
-        };
-        self.url = Some(url.to_owned());
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            .env("METAL_DRIVER_LOG_LEVEL", "info");
+        let child = Child::spawn(
+            command,
+            self.role,
+            &self.log_path(self.runs),
+            Duration::from_secs(60),
+        )
+        .await?;
+        self.url = Some(child.url.clone());
         self.child = Some(child);
         Ok(())
     }
 
     /// Stops the current run: SIGKILL (a crash) or SIGTERM (a rolling update).
     pub async fn stop(&mut self, graceful: bool) {
-        let Some(mut child) = self.child.take() else {
+        let Some(child) = self.child.take() else {
             return;
         };
-        if graceful {
-            self.sigterms += 1;
-            let asked = Instant::now();
-            if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .await;
-            }
-            match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
-                Ok(Ok(status)) if status.success() => self.term_exit.push(asked.elapsed()),
-                Ok(Ok(status)) => self.bad_exits.push(format!("run {}: {status}", self.runs)),
-                Ok(Err(e)) => self
-                    .bad_exits
-                    .push(format!("run {}: wait failed: {e}", self.runs)),
-                Err(_) => {
-                    self.bad_exits.push(format!(
-                        "run {}: still running 20 s after SIGTERM",
-                        self.runs
-                    ));
-                    let _ = child.kill().await;
-                }
-            }
-        } else {
+        if !graceful {
             self.sigkills += 1;
-            let _ = child.kill().await;
+            child.kill().await;
+            return;
+        }
+        self.sigterms += 1;
+        match child.terminate(Duration::from_secs(20)).await {
+            Terminated::Exited(status, took) if status.success() => self.term_exit.push(took),
+            Terminated::Exited(status, _) => {
+                self.bad_exits.push(format!("run {}: {status}", self.runs))
+            }
+            Terminated::WaitFailed(e) => self
+                .bad_exits
+                .push(format!("run {}: wait failed: {e}", self.runs)),
+            Terminated::StillRunning => self.bad_exits.push(format!(
+                "run {}: still running 20 s after SIGTERM",
+                self.runs
+            )),
         }
     }
 
@@ -125,13 +101,13 @@ impl Supervised {
             return Ok(false);
         };
         match child.try_wait() {
-            Ok(Some(status)) => {
+            Some(status) => {
                 self.self_exits.push(format!("run {}: {status}", self.runs));
                 self.child = None;
                 self.start().await?;
                 Ok(true)
             }
-            _ => Ok(false),
+            None => Ok(false),
         }
     }
 

@@ -1,0 +1,119 @@
+//! A supervised `metal-driver` subprocess (`serve` or `controller`): spawned with its stderr
+//! in a log file, ready once it prints its `listening on <url>` line, stopped with SIGTERM
+//! and a bounded wait (a rolling update) or SIGKILL (a crash). The bench and the soak both
+//! run the real binary this way, so its memory, CPU and shutdown are the deployed ones.
+
+use std::{
+    path::Path,
+    process::{ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+/// A running child that has said where it listens.
+pub struct Child {
+    inner: tokio::process::Child,
+    /// The URL of its `listening on` line (CMI endpoint or side port).
+    pub url: String,
+    /// When it was spawned.
+    pub spawned_at: Instant,
+    /// Spawn → the `listening on` line.
+    pub listening_after: Duration,
+}
+
+/// How a SIGTERM'd child ended.
+#[derive(Debug)]
+pub enum Terminated {
+    /// It exited by itself within the bound, after this long.
+    Exited(ExitStatus, Duration),
+    /// Waiting for it failed.
+    WaitFailed(std::io::Error),
+    /// It was still running when the bound passed, and was killed.
+    StillRunning,
+}
+
+impl Child {
+    /// Spawns `command` (its program, arguments and environment set by the caller) with
+    /// stdin closed, stderr appended to `log` and stdout read for the `listening on` line,
+    /// which must come first and within `ready_within`. `what` names the child in errors.
+    /// The rest of stdout is drained so the child never writes into a full pipe.
+    pub async fn spawn(
+        mut command: Command,
+        what: &str,
+        log: &Path,
+        ready_within: Duration,
+    ) -> Result<Self, String> {
+        let log_file = std::fs::File::create(log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let spawned_at = Instant::now();
+        let mut inner = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the {what}: {e}"))?;
+        let stdout = inner.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(ready_within, lines.next_line())
+            .await
+            .map_err(|_| {
+                format!(
+                    "the {what} did not say `listening on` within {} s",
+                    ready_within.as_secs()
+                )
+            })?
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the {what} exited before listening"))?;
+        let listening_after = spawned_at.elapsed();
+        let Some(url) = first.strip_prefix("listening on ") else {
+            return Err(format!("unexpected first line from the {what}: {first}"));
+        };
+        let url = url.trim().to_owned();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            inner,
+            url,
+            spawned_at,
+            listening_after,
+        })
+    }
+
+    /// The child's process id (for `/proc/<pid>` readings); 0 once it has been reaped.
+    pub fn pid(&self) -> u32 {
+        self.inner.id().unwrap_or(0)
+    }
+
+    /// Whether it has exited by itself, and how.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.inner.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL, and reaps it.
+    pub async fn kill(mut self) {
+        let _ = self.inner.kill().await;
+    }
+
+    /// SIGTERM, then waits up to `within` for it to exit; kills it if it does not.
+    pub async fn terminate(mut self, within: Duration) -> Terminated {
+        let asked = Instant::now();
+        if let Some(pid) = self.inner.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(within, self.inner.wait()).await {
+            Ok(Ok(status)) => Terminated::Exited(status, asked.elapsed()),
+            Ok(Err(e)) => Terminated::WaitFailed(e),
+            Err(_) => {
+                let _ = self.inner.kill().await;
+                Terminated::StillRunning
+            }
+        }
+    }
+}
