@@ -117,3 +117,49 @@ impl Child {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        command
+    }
+
+    #[tokio::test]
+    async fn ready_on_the_listening_line_and_terminated_by_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("child.log");
+        let child = Child::spawn(
+            sh("echo 'listening on tcp://127.0.0.1:1'; echo oops >&2; exec sleep 30"),
+            "child",
+            &log,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert_eq!(child.url, "tcp://127.0.0.1:1");
+        assert!(child.pid() > 0);
+        match child.terminate(Duration::from_secs(30)).await {
+            // `sleep` dies of the signal: an exit, but not a clean one.
+            Terminated::Exited(status, _) => assert!(!status.success()),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "oops\n");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exits_or_says_something_else_first_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("child.log");
+        let gone = Child::spawn(sh("exit 3"), "child", &log, Duration::from_secs(30)).await;
+        assert_eq!(gone.err().unwrap(), "the child exited before listening");
+        let other = Child::spawn(sh("echo hello"), "child", &log, Duration::from_secs(30)).await;
+        assert_eq!(
+            other.err().unwrap(),
+            "unexpected first line from the child: hello"
+        );
+    }
+}
