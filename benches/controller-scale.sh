@@ -21,6 +21,9 @@
 #            forwarding to the same `serve`
 #   sidecar  `metal-driver` with Gardener's sidecar args and no subcommand: one process, no
 #            `serve` (skipped with a note when the binary has no such mode)
+#   sidecar=PATH  the same with another build of the binary (e.g. the static musl one from
+#            hack/build-static.sh, or one per allocator), so builds compare in the same run;
+#            a wrapper script that `exec`s the binary can set its environment
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -206,6 +209,7 @@ row "controller + serve (two processes)" 2 "$((RSS_CTRL + RSS_SERVE))" "$CPU_OUR
 stop_pid "$CTRL_PID"
 log "controller stopped; footprint alternatives: $FOOTPRINT"
 
+SIDECARS=0
 for alt in $FOOTPRINT; do
   case "$alt" in
     oracle)
@@ -225,29 +229,35 @@ for alt in $FOOTPRINT; do
         "oracle **$(mib "$rss")** (peak $(mib "$(kb "$pid" VmHWM)")) + serve $(mib "$rss_serve") MiB; $(running_count)/$REPLICAS Running"
       stop_pid "$pid"
       ;;
-    sidecar)
-      if ! "$BIN" --help 2>/dev/null | grep -q -- '--control-kubeconfig'; then
-        ROWS+=("| one-process sidecar | 1 | pending | | $BIN has no sidecar mode (no subcommand) yet |")
+    sidecar | sidecar=*)
+      sbin="$BIN" label="one-process sidecar (metal-driver, no subcommand)"
+      SIDECARS=$((SIDECARS + 1))
+      slog="$LOGS/sidecar-$SIDECARS"
+      if [[ "$alt" == sidecar=* ]]; then
+        sbin="${alt#sidecar=}" label="one-process sidecar: $(basename "$sbin")"
+      fi
+      if ! "$sbin" --help 2>/dev/null | grep -q -- '--control-kubeconfig'; then
+        ROWS+=("| one-process sidecar | 1 | pending | | $sbin has no sidecar mode (no subcommand) yet |")
         continue
       fi
       # Gardener's sidecar args (its helper passes nothing else), plus where the Metal API is.
-      METAL_API_URL="$SIM_URL" "$BIN" --control-kubeconfig "$KUBECONFIG" --target-kubeconfig "$KUBECONFIG" \
+      METAL_API_URL="$SIM_URL" "$sbin" --control-kubeconfig "$KUBECONFIG" --target-kubeconfig "$KUBECONFIG" \
         --namespace "$NS" --address 127.0.0.1 --port 0 "${KUBE_API_ARGS[@]}" \
         --machine-creation-timeout=20m --machine-drain-timeout=2h --machine-health-timeout=10m \
         --machine-safety-apiserver-statuscheck-timeout=30s --machine-safety-apiserver-statuscheck-period=1m \
-        --machine-safety-orphan-vms-period=30m --v=3 >"$LOGS/sidecar.out" 2>"$LOGS/sidecar.log" &
+        --machine-safety-orphan-vms-period=30m --v=3 >"$slog.out" 2>"$slog.log" &
       pid=$!
       PIDS+=("$pid")
       log "sidecar pid $pid; settling ${SETTLE_SECONDS}s"
       sleep "$SETTLE_SECONDS"
-      kill -0 "$pid" || { log "sidecar exited; see $LOGS/sidecar.log"; exit 1; }
+      kill -0 "$pid" || { log "sidecar exited; see $slog.log"; exit 1; }
       cpu="$(idle_window "$pid")"
       rss="$(kb "$pid" VmRSS)"
-      row "one-process sidecar (metal-driver, no subcommand)" 1 "$rss" "$cpu" \
-        "peak $(mib "$(kb "$pid" VmHWM)") MiB; $(running_count)/$REPLICAS Running"
+      row "$label" 1 "$rss" "$cpu" \
+        "peak $(mib "$(kb "$pid" VmHWM)") MiB; binary $(mib "$(($(stat -L -c %s "$(readlink -f /proc/"$pid"/exe)") / 1024))") MiB; $(running_count)/$REPLICAS Running"
       stop_pid "$pid"
       ;;
-    *) log "unknown FOOTPRINT entry '$alt' (known: oracle sidecar)"; exit 2 ;;
+    *) log "unknown FOOTPRINT entry '$alt' (known: oracle sidecar sidecar=PATH)"; exit 2 ;;
   esac
 done
 
