@@ -52,6 +52,8 @@ export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C target-feature=+crt-
 export CARGO_INCREMENTAL=0
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 0)}"
 
+# The allocator is musl's own malloc, on purpose: it held the least idle memory against glibc and
+# mimalloc (BENCHMARKS.md, item 8; src/heap.rs).
 log "cargo build --release --locked --target $TARGET --bin metal-driver"
 nice -n "${BUILD_NICE:-10}" cargo build --release --locked --target "$TARGET" --bin metal-driver >&2
 

@@ -7,6 +7,11 @@
 //! 42.5 MiB with two arenas, 36.0 MiB with one, for about the same CPU (11.2 against 10.8
 //! CPU seconds for the scale-up: the controller mostly waits on the API server, not on
 //! malloc).
+//!
+//! The static musl image keeps musl's own malloc, which hands freed memory back to the kernel:
+//! with 500 Machines its one-process sidecar idles at about 24 MiB, against 45 MiB for this
+//! glibc tuning and 27–32 MiB for mimalloc with transparent huge pages off (60 MiB with them
+//! on), for more CPU in allocation bursts only (BENCHMARKS.md, item 8).
 
 /// Caps glibc's malloc at `arenas` arenas for the rest of the process. Call it before the
 /// async runtime starts its threads. A no-op where the C library is not glibc (the static
