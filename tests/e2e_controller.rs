@@ -1672,6 +1672,18 @@ async fn wait_machine_gone(stack: &Stack, name: &str) {
     .await;
 }
 
+/// Deletes Machine `name`, waits until it is gone and records the "deleted" checkpoint: how
+/// every oracle scenario ends.
+async fn delete_and_record(stack: &Stack, cp: &mut Checkpoints, name: &str) {
+    stack
+        .machines()
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_machine_gone(stack, name).await;
+    cp.record(stack, "deleted", SETTLED).await;
+}
+
 /// Create → Running → delete → gone, from the samples.
 async fn oracle_scenario_lifecycle(stack: &Stack, cp: &mut Checkpoints) {
     let (client, ns) = (&stack.client, &stack.ns);
@@ -1683,13 +1695,7 @@ async fn oracle_scenario_lifecycle(stack: &Stack, cp: &mut Checkpoints) {
     .await;
     wait_phase(stack, &name, "Running").await;
     cp.record(stack, "running", SETTLED).await;
-    stack
-        .machines()
-        .delete(&name, &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_machine_gone(stack, &name).await;
-    cp.record(stack, "deleted", SETTLED).await;
+    delete_and_record(stack, cp, &name).await;
 }
 
 /// A Machine whose `spec.nodeTemplate` carries labels, annotations and a taint → Running; the
@@ -1729,13 +1735,7 @@ async fn oracle_scenario_node_template(stack: &Stack, cp: &mut Checkpoints) {
         .expect("change the nodeTemplate");
     cp.record(stack, "template changed", SETTLED).await;
 
-    stack
-        .machines()
-        .delete(&name, &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_machine_gone(stack, &name).await;
-    cp.record(stack, "deleted", SETTLED).await;
+    delete_and_record(stack, cp, &name).await;
 }
 
 /// A class whose providerSpec lacks `machineType` → the Machine crash-loops without a device;
@@ -1762,13 +1762,7 @@ async fn oracle_scenario_bad_provider_spec(stack: &Stack, cp: &mut Checkpoints) 
     wait_phase(stack, &name, "Running").await;
     cp.record(stack, "class fixed", SETTLED).await;
 
-    stack
-        .machines()
-        .delete(&name, &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_machine_gone(stack, &name).await;
-    cp.record(stack, "deleted", SETTLED).await;
+    delete_and_record(stack, cp, &name).await;
 }
 
 /// A Running Machine's Node runs a pod under a PodDisruptionBudget, a DaemonSet pod and a
@@ -2006,13 +2000,7 @@ async fn oracle_scenario_bootstrap_token(stack: &Stack, cp: &mut Checkpoints) {
     wait_phase(stack, &name, "Running").await;
     cp.record(stack, "running: taint gone", SETTLED).await;
 
-    stack
-        .machines()
-        .delete(&name, &DeleteParams::default())
-        .await
-        .expect("delete");
-    wait_machine_gone(stack, &name).await;
-    cp.record(stack, "deleted", SETTLED).await;
+    delete_and_record(stack, cp, &name).await;
 }
 
 // =======================================================================================
