@@ -7,8 +7,11 @@
 #   benches/controller-scale.sh            # REPLICAS=200, PROVISION_SECONDS=1
 #
 # Measures: time for a MachineDeployment of REPLICAS from 0 to all Machines Running, Metal API
-# requests (from the sim's /_sim/stats), controller and driver peak RSS and CPU seconds, and the
-# controller's idle RSS once it watches REPLICAS Running Machines. Writes Markdown to
+# requests (from the sim's /_sim/stats), the controller's kube-apiserver requests (from the API
+# server's audit log, by the controller's User-Agent `metal-driver/...`), controller and driver
+# peak RSS and CPU seconds, and the controller's idle RSS once it watches REPLICAS Running
+# Machines. KUBE_API_ARGS sets the controllers' client limits (default Gardener's
+# `--kube-api-qps=100 --kube-api-burst=200`; MCM's own defaults are 20/30). Writes Markdown to
 # $BENCH_OUT/controller-scale.md. Bounded by SCALE_TIMEOUT seconds; everything it started is
 # stopped on exit (and the environment brought down).
 #
@@ -34,7 +37,8 @@ IDLE_SECONDS="${IDLE_SECONDS:-20}"
 SETTLE_SECONDS="${SETTLE_SECONDS:-30}"
 # Client rate limits of every machine controller here: what Gardener's sidecar helper passes
 # (MCM's own defaults, 20/30, starve a 500-Machine scale-up).
-read -r -a KUBE_API_ARGS <<<"${KUBE_API_ARGS:---kube-api-qps=100 --kube-api-burst=200}"
+KUBE_API_ARGS_TEXT="${KUBE_API_ARGS:---kube-api-qps=100 --kube-api-burst=200}"
+read -r -a KUBE_API_ARGS <<<"$KUBE_API_ARGS_TEXT"
 FOOTPRINT="${FOOTPRINT:-}"
 BIN="${METAL_DRIVER_BIN:-$ROOT/target/release/metal-driver}"
 OUT="${BENCH_OUT:-$ROOT/target/bench}"
@@ -80,6 +84,13 @@ start() {
 kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_s() { awk -v t="$CLK_TCK" '{ split($0, a, ") "); split(a[2], f, " "); printf "%.2f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# The API server's audit log: one line per request (metadata only), to count the controller's.
+AUDIT="$LOGS/audit.log"
+rm -f "$AUDIT"
+printf '%s\n' 'apiVersion: audit.k8s.io/v1' 'kind: Policy' \
+  'omitStages: [RequestReceived, ResponseStarted]' 'rules:' '- level: Metadata' >"$LOGS/audit-policy.yaml"
+export E2E_APISERVER_EXTRA_ARGS="${E2E_APISERVER_EXTRA_ARGS:-} --audit-policy-file=$LOGS/audit-policy.yaml --audit-log-path=$AUDIT --audit-log-format=json --audit-log-mode=batch --audit-log-batch-max-wait=1s"
 
 log "bringing up etcd + kube-apiserver + MCM (hack/e2e-env.sh, state $METAL_DRIVER_STATE)"
 "$ENV_SH" down >/dev/null 2>&1 || true
@@ -150,10 +161,33 @@ while :; do
   sleep 1
 done
 CPU1_CTRL="$(cpu_s "$CTRL_PID")" CPU1_SERVE="$(cpu_s "$SERVE_PID")"
+T1=$(date +%s.%N)
 STATS="$(curl -sf "$SIM_URL/_sim/stats")"
 log "$running/$REPLICAS Running after ${elapsed}s; idling ${IDLE_SECONDS}s"
 sleep "$IDLE_SECONDS"
 CPU2_CTRL="$(cpu_s "$CTRL_PID")"
+T2=$(date +%s.%N)
+sleep 2 # the audit log's batch flush
+# kube_requests FROM TO -> "TOTAL|verb resource count, ..." of the controller's requests
+# received in [FROM, TO) (epoch seconds). A watch counts once, when it ends.
+kube_requests() {
+  python3 -c '
+import collections, datetime, json, sys
+path, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+by = collections.Counter()
+for line in open(path, encoding="utf-8"):
+    e = json.loads(line)
+    if not e.get("userAgent", "").startswith("metal-driver/"):
+        continue
+    t = datetime.datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+    if t0 <= t < t1:
+        r = e.get("objectRef", {})
+        sub = "/" + r["subresource"] if r.get("subresource") else ""
+        by[e["verb"] + " " + r.get("resource", "") + sub] += 1
+print(str(sum(by.values())) + "|" + ", ".join(k + " " + str(v) for k, v in by.most_common()))
+' "$AUDIT" "$1" "$2"
+}
+KUBE_UP="$(kube_requests "$T0" "$T1")" KUBE_IDLE="$(kube_requests "$T1" "$T2")"
 STATS_IDLE="$(curl -sf "$SIM_URL/_sim/stats")"
 api_total() { python3 -c 'import json,sys; print(sum(json.loads(sys.argv[1])["requests"].values()))' "$1"; }
 api_by_op() { python3 -c 'import json,sys; r=json.loads(sys.argv[1])["requests"]; print(", ".join(f"{k} {v}" for k,v in sorted(r.items())))' "$1"; }
@@ -170,7 +204,9 @@ mkdir -p "$OUT"
   echo "| devices created (duplicates) | $DEVICES ($((DEVICES - REPLICAS))) |"
   echo "| Metal API requests until all Running | **$API** ($(awk -v a="$API" -v r="$REPLICAS" 'BEGIN { printf "%.2f", a / r }')/machine): $(api_by_op "$STATS") |"
   echo "| Metal API requests in the next ${IDLE_SECONDS} s (steady state) | $API_IDLE |"
-  echo "| controller CPU s (scale-up / next ${IDLE_SECONDS} s idle) | **$(awk -v a="$CPU0_CTRL" -v b="$CPU1_CTRL" 'BEGIN { printf "%.2f", b - a }')** / $(awk -v a="$CPU1_CTRL" -v b="$CPU2_CTRL" 'BEGIN { printf "%.2f", b - a }') |"
+  echo "| controller kube-apiserver requests until all Running ($KUBE_API_ARGS_TEXT) | **${KUBE_UP%%|*}** ($(awk -v a="${KUBE_UP%%|*}" -v r="$REPLICAS" 'BEGIN { printf "%.2f", a / r }')/machine): ${KUBE_UP#*|} |"
+  echo "| controller kube-apiserver requests in the next ${IDLE_SECONDS} s | ${KUBE_IDLE%%|*} |"
+  echo "| controller CPU s (scale-up / next ${IDLE_SECONDS} s idle) | **$(awk -v a="$CPU0_CTRL" -v b="$CPU1_CTRL" 'BEGIN { printf "%.2f", b - a }')** ($(awk -v a="$CPU0_CTRL" -v b="$CPU1_CTRL" -v r="$REPLICAS" 'BEGIN { printf "%.1f", (b - a) * 1000 / r }') ms/machine) / $(awk -v a="$CPU1_CTRL" -v b="$CPU2_CTRL" 'BEGIN { printf "%.2f", b - a }') |"
   echo "| driver CPU s (scale-up) | $(awk -v a="$CPU0_SERVE" -v b="$CPU1_SERVE" 'BEGIN { printf "%.2f", b - a }') |"
   echo "| controller RSS: no Machines / peak (VmHWM) / idle watching $running Machines | $(mib "$CTRL_RSS_EMPTY") / **$(mib "$(kb "$CTRL_PID" VmHWM)")** / **$(mib "$(kb "$CTRL_PID" VmRSS)")** MiB |"
   echo "| driver RSS: peak (VmHWM) / now | $(mib "$(kb "$SERVE_PID" VmHWM)") / $(mib "$(kb "$SERVE_PID" VmRSS)") MiB |"

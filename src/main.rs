@@ -170,24 +170,16 @@ mod tests {
     /// Gardener's `ProviderSidecarContainer` arguments, exactly, with each form of
     /// `--target-kubeconfig` it writes.
     fn gardener_args(target: &str) -> Vec<String> {
-        [
-            "metal-driver",
-            "--control-kubeconfig=inClusterConfig",
-            "--kube-api-qps=100",
-            "--kube-api-burst=200",
-            "--machine-creation-timeout=20m",
-            "--machine-drain-timeout=2h",
-            "--machine-health-timeout=10m",
-            "--machine-safety-apiserver-statuscheck-timeout=30s",
-            "--machine-safety-apiserver-statuscheck-period=1m",
-            "--machine-safety-orphan-vms-period=30m",
-            "--namespace=shoot--dev--demo",
-            "--port=10259",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .chain([format!("--target-kubeconfig={target}"), "--v=3".to_owned()])
-        .collect()
+        ["metal-driver"]
+            .into_iter()
+            .chain(
+                metal_driver::controller::flags::GARDENER_SIDECAR_ARGS
+                    .iter()
+                    .copied(),
+            )
+            .map(str::to_owned)
+            .chain([format!("--target-kubeconfig={target}"), "--v=3".to_owned()])
+            .collect()
     }
 
     #[test]

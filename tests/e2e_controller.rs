@@ -582,6 +582,20 @@ where
     }
 }
 
+/// `(manager, subresource)` of each managedFields entry.
+fn managers(meta: &kube::api::ObjectMeta) -> Vec<(String, String)> {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .map(|e| {
+            (
+                e.manager.clone().unwrap_or_default(),
+                e.subresource.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// The device id (as the simulator spells it) inside a ProviderID; empty when it is none.
 fn uuid_of(provider_id: &str) -> String {
     ProviderId::parse(provider_id).map_or_else(|_| String::new(), |id| id.uuid().to_string())
@@ -620,6 +634,17 @@ async fn assert_bijection(stack: &Stack, want: usize) {
     );
     let device_ids: BTreeSet<&String> = devices.keys().collect();
     assert_eq!(unique, device_ids, "Machines' providerIDs vs devices");
+}
+
+/// The sample class and Secret, and the sample Machine named `<namespace>-m1` (returned).
+async fn first_machine(stack: &Stack) -> String {
+    apply_class_and_secret(&stack.client, &stack.ns).await;
+    let name = format!("{}-m1", stack.ns);
+    apply_sample(&stack.client, &stack.ns, "machine.yaml", |m| {
+        m["metadata"]["name"] = json!(name)
+    })
+    .await;
+    name
 }
 
 async fn apply_class_and_secret(client: &Client, ns: &str) -> String {
@@ -733,6 +758,26 @@ async fn a_machine_lifecycle_from_samples() {
                 c.finalizers().iter().any(|f| f == MACHINE_FINALIZER),
                 "class finalizer while referenced"
             );
+            // What the controller wrote is filed under its field manager: the Machine (object
+            // and status), the class's finalizer and the Node's finalizer and labels.
+            let machine_managers =
+                managers(&machines.get(&machine_name).await.expect("get").metadata);
+            for want in [("metal-driver", ""), ("metal-driver", "status")] {
+                assert!(
+                    machine_managers
+                        .iter()
+                        .any(|(m, s)| (m.as_str(), s.as_str()) == want),
+                    "Machine managedFields {machine_managers:?}"
+                );
+            }
+            let node = nodes.get(&machine_name).await.expect("Node");
+            for (what, meta) in [("class", &c.metadata), ("Node", &node.metadata)] {
+                let found = managers(meta);
+                assert!(
+                    found.iter().any(|(m, _)| m == "metal-driver"),
+                    "{what} managedFields {found:?}"
+                );
+            }
             let metrics_url = format!(
                 "{}/metrics",
                 stack.controller.as_ref().expect("controller").url
@@ -2483,6 +2528,17 @@ async fn g_one_container_sidecar_from_the_deployment() {
 // ---------------------------------------------------------------------------------------
 
 /// Scrapes the controller's side port.
+/// Waits (30 s at most) until the controller's `mcm_machine_controller_frozen` gauge says
+/// `frozen`.
+async fn wait_frozen(stack: &Stack, frozen: bool) {
+    let want = format!("mcm_machine_controller_frozen {}", u8::from(frozen));
+    let want = &want;
+    eventually(want, Duration::from_secs(30), || async move {
+        scrape(stack).await.contains(want.as_str()).then_some(())
+    })
+    .await;
+}
+
 async fn scrape(stack: &Stack) -> String {
     let url = format!(
         "{}/metrics",
@@ -3926,7 +3982,27 @@ struct TargetEnv {
     client: Client,
 }
 
+/// Controller flags that check both API servers every second and freeze after 3 s.
+const STATUSCHECK_EVERY_SECOND: [&str; 2] = [
+    "--machine-safety-apiserver-statuscheck-period=1s",
+    "--machine-safety-apiserver-statuscheck-timeout=3s",
+];
+
 impl TargetEnv {
+    /// A target cluster of its own for the test `test`, and `opts` pointed at it, with 1 s
+    /// provisioning and `flags` for the controller.
+    async fn for_test(test: &str, flags: Vec<&'static str>, opts: Opts) -> (TargetEnv, Opts) {
+        let tag = format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let target = TargetEnv::up(&tag).await;
+        let opts = Opts {
+            provision_seconds: 1.0,
+            target_kubeconfig: Some(target.kubeconfig.clone()),
+            controller_flags: flags,
+            ..opts
+        };
+        (target, opts)
+    }
+
     async fn up(ns: &str) -> TargetEnv {
         let base = std::env::var("METAL_DRIVER_E2E_STATE")
             .unwrap_or_else(|_| "/tmp/metal-driver-e2e".into());
@@ -4375,29 +4451,15 @@ async fn s3_meltdown_permit_fails_one_machine_per_deployment() {
 #[ignore = "needs the e2e environment: hack/e2e.sh"]
 async fn s4_api_server_freeze_and_recovery() {
     let Some(_) = e2e_kubeconfig() else { return };
-    let tag = format!("s4-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-    let target = TargetEnv::up(&tag).await;
-    let opts = Opts {
-        provision_seconds: 1.0,
-        target_kubeconfig: Some(target.kubeconfig.clone()),
-        controller_flags: vec![
-            "--machine-health-timeout=15s",
-            "--machine-safety-apiserver-statuscheck-period=1s",
-            "--machine-safety-apiserver-statuscheck-timeout=3s",
-        ],
-        ..Opts::default()
-    };
+    let mut flags = vec!["--machine-health-timeout=15s"];
+    flags.extend(STATUSCHECK_EVERY_SECOND);
+    let (target, opts) = TargetEnv::for_test("s4", flags, Opts::default()).await;
     let target_client = target.client.clone();
     let target = &target;
     with_temp_ns("s4", opts, |stack| async move {
         let client = stack.client.clone();
         let ns = stack.ns.clone();
-        apply_class_and_secret(&client, &ns).await;
-        let name = format!("{ns}-m1");
-        apply_sample(&client, &ns, "machine.yaml", |m| {
-            m["metadata"]["name"] = json!(name)
-        })
-        .await;
+        let name = first_machine(&stack).await;
         let machines = stack.machines();
         let phase_is = |want: &'static str| {
             let (machines, name) = (machines.clone(), name.clone());
@@ -4441,14 +4503,7 @@ async fn s4_api_server_freeze_and_recovery() {
 
         target.apiserver("stop").await;
         let down = Instant::now();
-        let s = &stack;
-        eventually("frozen gauge 1", Duration::from_secs(30), || async move {
-            scrape(s)
-                .await
-                .contains("mcm_machine_controller_frozen 1")
-                .then_some(())
-        })
-        .await;
+        wait_frozen(&stack, true).await;
         eprintln!(
             "s4: frozen {:.1}s after the target API server stopped (timeout 3s)",
             down.elapsed().as_secs_f64()
@@ -4486,14 +4541,7 @@ async fn s4_api_server_freeze_and_recovery() {
 
         target.apiserver("start").await;
         let up = Instant::now();
-        let s = &stack;
-        eventually("frozen gauge 0", Duration::from_secs(30), || async move {
-            scrape(s)
-                .await
-                .contains("mcm_machine_controller_frozen 0")
-                .then_some(())
-        })
-        .await;
+        wait_frozen(&stack, false).await;
         eprintln!(
             "s4: unfrozen {:.1}s after the target API server started",
             up.elapsed().as_secs_f64()
@@ -4549,14 +4597,8 @@ async fn s4_api_server_freeze_and_recovery() {
 #[ignore = "needs the e2e environment: hack/e2e.sh"]
 async fn s5_orphans_at_startup_and_on_delete_and_unmanaged_nodes() {
     let Some(_) = e2e_kubeconfig() else { return };
-    let tag = format!("s5-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-    let target = TargetEnv::up(&tag).await;
-    let opts = Opts {
-        provision_seconds: 1.0,
-        target_kubeconfig: Some(target.kubeconfig.clone()),
-        controller_flags: vec!["--machine-creation-timeout=2s"],
-        ..Opts::default()
-    };
+    let flags = vec!["--machine-creation-timeout=2s"];
+    let (target, opts) = TargetEnv::for_test("s5", flags, Opts::default()).await;
     let target_nodes: Api<Node> = Api::all(target.client.clone());
     with_temp_ns("s5", opts, |mut stack| async move {
         let client = stack.client.clone();
@@ -4660,4 +4702,55 @@ async fn s5_orphans_at_startup_and_on_delete_and_unmanaged_nodes() {
     })
     .await;
     drop(target);
+}
+
+/// SIGTERM while the target cluster's API server is down and a CreateMachine is still in
+/// flight (a slow Metal API: every request takes 15 s, so the create takes 30 s): the
+/// controller exits within `Proc::stop`'s 15 s — in-flight reconciles get a bounded grace,
+/// then are abandoned — and the next controller finishes the create with exactly one device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e environment: hack/e2e.sh"]
+async fn s6_sigterm_during_a_target_outage_with_a_create_in_flight() {
+    let Some(_) = e2e_kubeconfig() else { return };
+    let slow = Opts {
+        latency_ms: 15_000,
+        ..Opts::default()
+    };
+    let (target, opts) = TargetEnv::for_test("s6", STATUSCHECK_EVERY_SECOND.to_vec(), slow).await;
+    let target = &target;
+    with_temp_ns("s6", opts, |mut stack| async move {
+        let name = first_machine(&stack).await;
+        let log = stack.logs.join("controller-1.log");
+        eventually("CreateMachine in flight", Duration::from_secs(60), || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .contains("creating machine on cloud provider")
+                    .then_some(())
+            }
+        })
+        .await;
+        // The API server's own shutdown may take a while: SIGTERM as soon as the controller
+        // sees the outage (frozen), while the stop is still under way.
+        let stopping = target.apiserver("stop");
+        let sigterm = async {
+            wait_frozen(&stack, true).await;
+            let asked = Instant::now();
+            let mut controller = stack.controller.take().expect("controller");
+            controller.stop().await;
+            asked.elapsed()
+        };
+        let ((), took) = tokio::join!(stopping, sigterm);
+        eprintln!(
+            "s6: controller exited {:.1}s after SIGTERM",
+            took.as_secs_f64()
+        );
+        target.apiserver("start").await;
+        stack.start_controller().await;
+        wait_phase(&stack, &name, "Running").await;
+        assert_eq!(stack.devices().await.len(), 1, "one device for one Machine");
+        stack
+    })
+    .await;
 }

@@ -17,13 +17,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret as KubeSecret, jiff::Timestamp};
-use kube::{
-    Api, Client,
-    api::{ObjectMeta, PostParams},
-};
+use kube::{Api, Client, api::ObjectMeta};
 use rand::Rng;
 
-use super::error::{Error, Result, is_not_found};
+use super::{
+    error::{Error, Result, is_not_found},
+    field_manager,
+};
 use crate::{
     secret::Secret,
     secret_data::{has_placeholder, substitute_placeholder},
@@ -184,7 +184,7 @@ pub async fn get_or_create(
         .unwrap_or(Timestamp::MAX);
     let secret = random_secret();
     let wanted = manifest(machine_name, &id, &secret, expiration, extra_groups);
-    match api.create(&PostParams::default(), &wanted).await {
+    match api.create(&field_manager::post(), &wanted).await {
         Ok(_) => {
             tracing::info!(machine = machine_name, token_id = %id, "bootstrap token created");
             Ok(BootstrapToken { id, secret })

@@ -4,7 +4,8 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use kube::Client;
+use kube::{Client, core::DeserializeGuard, runtime::reflector::ObjectRef};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -12,7 +13,13 @@ use crate::{
     telemetry::Metrics,
 };
 
-use super::{freeze::Freeze, permit::Permits, status::RetryPeriods};
+use super::{
+    caches::Caches,
+    crd::{Machine, MachineClass},
+    freeze::Freeze,
+    permit::Permits,
+    status::RetryPeriods,
+};
 
 /// Node condition types that make a Node unhealthy unless `False`: MCM's `--node-conditions`
 /// default, comma-separated and case-sensitive as MCM reads it.
@@ -84,6 +91,42 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Run-time state of the safety mechanisms (freeze, meltdown permits, orphan trigger).
     pub safety: Safety,
+    /// What reconciles read instead of the API server, where MCM reads its listers.
+    pub caches: Caches,
+    /// Work for the Machine and MachineClass controllers.
+    pub queues: Queues,
+}
+
+/// The Machine and MachineClass controllers' queues, for work one hands the other, as MCM's
+/// controllers add keys to each other's work queues: a class reconcile enqueues the class's
+/// Machines, a Machine waiting for its class's finalizer enqueues the class.
+#[derive(Clone)]
+pub struct Queues {
+    machines: UnboundedSender<ObjectRef<DeserializeGuard<Machine>>>,
+    classes: UnboundedSender<ObjectRef<MachineClass>>,
+}
+
+impl Queues {
+    /// Queues feeding these channels (their receivers go to the controllers'
+    /// `reconcile_on`).
+    pub fn new(
+        machines: UnboundedSender<ObjectRef<DeserializeGuard<Machine>>>,
+        classes: UnboundedSender<ObjectRef<MachineClass>>,
+    ) -> Self {
+        Self { machines, classes }
+    }
+
+    /// Asks for a reconcile of the Machine `name` in `namespace`. Dropped once the Machine
+    /// controller has stopped.
+    pub fn machine(&self, name: &str, namespace: &str) {
+        let _ = self.machines.send(ObjectRef::new(name).within(namespace));
+    }
+
+    /// Asks for a reconcile of the MachineClass `name` in `namespace`. Dropped once the
+    /// class controller has stopped.
+    pub fn class(&self, name: &str, namespace: &str) {
+        let _ = self.classes.send(ObjectRef::new(name).within(namespace));
+    }
 }
 
 /// What the safety mechanisms share with the reconcilers.

@@ -28,7 +28,7 @@ use std::time::Duration;
 use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{ListParams, Patch},
     runtime::controller::Action,
 };
 use serde_json::json;
@@ -42,7 +42,8 @@ use super::{
     crd::{Machine, MachineClass, NODE_LABEL},
     drain::{self, Drain, DrainError, mode},
     error::{Error, Result, is_not_found},
-    machine::{MACHINE_FINALIZER, class_of},
+    field_manager,
+    machine::{self, MACHINE_FINALIZER, class_of},
     machine_metrics, node_finalizer, secrets, similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
@@ -159,7 +160,7 @@ impl Outcome {
 
 /// The inputs every driver call of the flow needs.
 struct DriverInput {
-    class: MachineClass,
+    class: std::sync::Arc<MachineClass>,
     provider_spec: Vec<u8>,
     secrets: SecretData,
 }
@@ -170,7 +171,7 @@ pub async fn run(m: &Machine, ctx: &Context) -> Result<Action> {
     if !m.finalizers().iter().any(|f| f == MACHINE_FINALIZER) {
         return Ok(Action::await_change());
     }
-    let class = match class_of(m, ctx).await {
+    let class = match class_of(m, ctx) {
         Ok(class) => class,
         // Without a class nothing can have been created: create waits for the class and its
         // finalizer, and the finalizer keeps the class while this Machine exists. With a
@@ -185,7 +186,7 @@ pub async fn run(m: &Machine, ctx: &Context) -> Result<Action> {
     };
     let input = DriverInput {
         provider_spec: serde_json::to_vec(&class.provider_spec).unwrap_or_default(),
-        secrets: secrets::load(&ctx.client, &ctx.config.namespace, &class).await?,
+        secrets: secrets::load(&ctx.caches, &class),
         class,
     };
     let mut m = m.clone();
@@ -279,7 +280,7 @@ async fn write(m: &Machine, ctx: &Context, update: &StatusUpdate) -> Result<Opti
     match api
         .patch_status(
             &m.name_any(),
-            &PatchParams::default(),
+            &field_manager::patch(),
             &Patch::Merge(update.to_patch()),
         )
         .await
@@ -290,34 +291,22 @@ async fn write(m: &Machine, ctx: &Context, update: &StatusUpdate) -> Result<Opti
     }
 }
 
-/// Removes our finalizer. The patch carries the resourceVersion we saw, so a concurrent
-/// change of the finalizer list makes it fail (409, retried) rather than drop another
-/// controller's finalizer.
+/// Removes our finalizer (conditional on the resourceVersion read, see
+/// [`machine::write_finalizers`]).
 async fn remove_finalizer(m: &Machine, ctx: &Context) -> Result<Action> {
     if !m.finalizers().iter().any(|f| f == MACHINE_FINALIZER) {
         return Ok(Action::await_change());
     }
-    let others: Vec<&String> = m
+    let others: Vec<String> = m
         .finalizers()
         .iter()
         .filter(|f| *f != MACHINE_FINALIZER)
+        .cloned()
         .collect();
-    let patch = json!({"metadata": {
-        "finalizers": others,
-        "resourceVersion": m.resource_version(),
-    }});
-    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    match api
-        .patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(machine = %m.name_any(), provider_id = m.provider_id().unwrap_or_default(), node = m.node_name().unwrap_or_default(), "machine deleted");
-            Ok(Action::await_change())
-        }
-        Err(e) if is_not_found(&e) => Ok(Action::await_change()),
-        Err(e) => Err(Error::kube("remove Machine finalizer")(e)),
+    if machine::write_finalizers(m, ctx, others, "remove Machine finalizer").await? {
+        tracing::info!(machine = %m.name_any(), provider_id = m.provider_id().unwrap_or_default(), node = m.node_name().unwrap_or_default(), "machine deleted");
     }
+    Ok(Action::await_change())
 }
 
 /// MCM's `updateMachineStatusAndNodeLabel`: the drain needs the Node's name.
@@ -364,7 +353,7 @@ async fn get_vm_status(m: &Machine, ctx: &Context, input: &DriverInput) -> Resul
                 let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
                 api.patch(
                     &m.name_any(),
-                    &PatchParams::default(),
+                    &field_manager::patch(),
                     &Patch::Merge(json!({"metadata": {"labels": {NODE_LABEL: node}}})),
                 )
                 .await
@@ -702,7 +691,7 @@ mod tests {
     /// on any further call, and DeleteMachine is never reached.
     #[tokio::test]
     async fn a_failed_drain_records_the_failure_and_keeps_the_device() {
-        use crate::controller::fixtures::{Call, context, mock_client};
+        use crate::controller::fixtures::{Call, caches, context_with, mock_client};
         const MACHINES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machines";
         let now = Timestamp::now().to_string();
         let m: Machine = serde_json::from_value(json!({
@@ -727,7 +716,6 @@ mod tests {
             "status": {"observedGeneration": 1, "expectedPods": 1, "currentHealthy": 1, "desiredHealthy": 1, "disruptionsAllowed": 0}});
         let stored = serde_json::to_value(&m).unwrap();
         let (client, mock) = mock_client(vec![
-            Call::new("GET", "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machineclasses/c", 200, class),
             Call::new("GET", "/api/v1/nodes/n1", 200, node.clone()),
             Call::new("PATCH", "/api/v1/nodes/n1/status", 200, node.clone()).body(|b| {
                 let c = &b["status"]["conditions"][0];
@@ -753,7 +741,8 @@ mod tests {
                 );
             }),
         ]);
-        let err = run(&m, &context(client)).await.unwrap_err();
+        let ctx = context_with(client, caches(vec![], vec![class], vec![], vec![]));
+        let err = run(&m, &ctx).await.unwrap_err();
         match err {
             Error::DeleteStep { retry_after, .. } => {
                 assert_eq!(retry_after, Duration::from_secs(5))

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use kube::runtime::finalizer;
-
 use super::status::{self, RetryPeriods};
 use crate::cmi::{Rpc, calls::CallError, codes::code_name};
 use crate::secret_data::MissingUserData;
@@ -84,11 +82,6 @@ pub enum Error {
         retry_after: Duration,
     },
 
-    /// The kube-runtime finalizer helper failed (adding/removing the finalizer, or our
-    /// Apply/Cleanup inside it).
-    #[error("{0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
-
     /// Could not build a Kubernetes client from the kubeconfig flags.
     #[error("kubeconfig {path:?}: {reason}")]
     Kubeconfig {
@@ -144,19 +137,6 @@ impl Error {
             | Self::BootstrapToken { .. } => periods.short,
             Self::IncompleteResponse { .. } => periods.medium,
             Self::DeleteStep { retry_after, .. } => *retry_after,
-            Self::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
-                    e.retry_after(periods)
-                }
-                finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
-                    if is_conflict(e) {
-                        periods.conflict
-                    } else {
-                        periods.short
-                    }
-                }
-                _ => periods.medium,
-            },
             Self::Kubeconfig { .. }
             | Self::Connect(_)
             | Self::Bind { .. }
@@ -176,14 +156,6 @@ impl Error {
             Self::BootstrapToken { .. } => "bootstrap_token".into(),
             Self::IncompleteResponse { .. } => "incomplete_response".into(),
             Self::DeleteStep { .. } => "delete_step".into(),
-            Self::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
-                    e.metric_label()
-                }
-                finalizer::Error::AddFinalizer(_) => "add_finalizer".into(),
-                finalizer::Error::RemoveFinalizer(_) => "remove_finalizer".into(),
-                _ => "finalizer".into(),
-            },
             Self::Kubeconfig { .. } => "kubeconfig".into(),
             Self::Connect(_) => "connect".into(),
             Self::Bind { .. } => "bind".into(),
@@ -216,8 +188,5 @@ mod tests {
         assert_eq!(del.retry_after(&p), p.long);
         assert_eq!(create.retry_after(&p), p.medium);
         assert_eq!(create.metric_label(), "cmi_Internal");
-        let wrapped = Error::Finalizer(Box::new(finalizer::Error::CleanupFailed(del)));
-        assert_eq!(wrapped.retry_after(&p), p.long);
-        assert_eq!(wrapped.metric_label(), "cmi_Internal");
     }
 }

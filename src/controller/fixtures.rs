@@ -1,15 +1,29 @@
 //! Test fixtures: a mocked API server (tower-test, controller-rs style) that plays an
-//! expected sequence of HTTP calls and fails the test on any other, and a [`Context`] whose
-//! CMI client points nowhere (lazily connected: a test that reaches the driver fails).
+//! expected sequence of HTTP calls and fails the test on any other, filled caches, and a
+//! [`Context`] whose CMI client points nowhere (lazily connected: a test that reaches the
+//! driver fails).
 
-use std::{sync::Arc, time::Duration};
+use std::{hash::Hash, sync::Arc, time::Duration};
 
 use http::{Request, Response};
-use kube::{Client, client::Body};
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::{
+    Client,
+    client::Body,
+    core::DeserializeGuard,
+    runtime::{
+        reflector::{self, Lookup, ObjectRef, Store},
+        watcher,
+    },
+};
 use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{
-    context::{Capabilities, Config, Context},
+    caches::{Caches, Kind},
+    context::{Capabilities, Config, Context, Queues},
+    crd::{Machine, MachineClass},
+    field_manager::FIELD_MANAGER,
     status::RetryPeriods,
 };
 use crate::{cmi::client::CmiClient, telemetry::Metrics};
@@ -61,7 +75,8 @@ pub fn not_found() -> Value {
 }
 
 /// A client over a mock that expects exactly `calls` in order; the returned task panics on a
-/// mismatch and must be awaited (it checks that every call happened).
+/// mismatch, or on a write without the controller's field manager, and must be awaited (it
+/// checks that every call happened).
 pub fn mock_client(calls: Vec<Call>) -> (Client, tokio::task::JoinHandle<()>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let task = tokio::spawn(async move {
@@ -83,6 +98,14 @@ pub fn mock_client(calls: Vec<Call>) -> (Client, tokio::task::JoinHandle<()>) {
                 call.method,
                 call.path_prefix
             );
+            // Every write names the controller's field manager.
+            if matches!(call.method, "PATCH" | "POST" | "PUT") {
+                assert!(
+                    uri.contains(&format!("fieldManager={FIELD_MANAGER}")),
+                    "{} {uri} without the field manager",
+                    call.method
+                );
+            }
             if let Some(check) = &call.check_body {
                 let bytes = request.into_body().collect_bytes().await.expect("body");
                 let body: Value = serde_json::from_slice(&bytes).expect("json body");
@@ -100,10 +123,45 @@ pub fn mock_client(calls: Vec<Call>) -> (Client, tokio::task::JoinHandle<()>) {
     (Client::new(service, "ns"), task)
 }
 
-/// A context on `client` with default tunables and a driver that is never reachable.
+/// A context on `client` with default tunables, empty caches and a driver that is never
+/// reachable.
 pub fn context(client: Client) -> Arc<Context> {
+    context_with(client, caches(vec![], vec![], vec![], vec![]))
+}
+
+/// [`context`] over these caches. What it enqueues goes nowhere.
+pub fn context_with(client: Client, caches: Caches) -> Arc<Context> {
+    context_queued(client, caches).0
+}
+
+/// What a context's reconciles enqueued.
+pub struct Enqueued {
+    machines: UnboundedReceiver<ObjectRef<DeserializeGuard<Machine>>>,
+    classes: UnboundedReceiver<ObjectRef<MachineClass>>,
+}
+
+impl Enqueued {
+    /// The Machines enqueued so far, by name, in order.
+    pub fn machines(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.machines.try_recv().ok())
+            .map(|r| r.name)
+            .collect()
+    }
+
+    /// The classes enqueued so far, by name, in order.
+    pub fn classes(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.classes.try_recv().ok())
+            .map(|r| r.name)
+            .collect()
+    }
+}
+
+/// [`context_with`], and what its reconciles enqueue.
+pub fn context_queued(client: Client, caches: Caches) -> (Arc<Context>, Enqueued) {
     let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-    Arc::new(Context {
+    let (machines, machines_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (classes, classes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(Context {
         client: client.clone(),
         target: Some(client),
         cmi: CmiClient::from_channel(channel, Duration::from_secs(1)),
@@ -112,7 +170,56 @@ pub fn context(client: Client) -> Arc<Context> {
         metrics: Metrics::new(),
         stop: Default::default(),
         safety: Default::default(),
-    })
+        caches,
+        queues: Queues::new(machines, classes),
+    });
+    let enqueued = Enqueued {
+        machines: machines_rx,
+        classes: classes_rx,
+    };
+    (ctx, enqueued)
+}
+
+/// A store filled once with `objects`, as a watch's first list fills it.
+pub fn ready_store<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Lookup + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
+}
+
+/// Filled caches for namespace `ns`, from JSON objects (Machines, MachineClasses, Secrets,
+/// Nodes), with a target cluster.
+pub fn caches(
+    machines: Vec<Value>,
+    classes: Vec<Value>,
+    secrets: Vec<Value>,
+    nodes: Vec<Value>,
+) -> Caches {
+    fn decode<K: serde::de::DeserializeOwned>(objects: Vec<Value>) -> Vec<K> {
+        objects
+            .into_iter()
+            .map(|o| serde_json::from_value(o).expect("a valid object"))
+            .collect()
+    }
+    let caches = Caches::new(
+        "ns",
+        ready_store(decode::<DeserializeGuard<Machine>>(machines)),
+        ready_store(decode::<MachineClass>(classes)),
+        ready_store(decode::<Secret>(secrets)),
+        Some(ready_store(decode::<Node>(nodes))),
+    );
+    for kind in [Kind::Machines, Kind::Classes, Kind::Secrets, Kind::Nodes] {
+        caches.filled(kind);
+    }
+    caches
 }
 
 /// Default tunables (MCM's defaults) in namespace `ns`.

@@ -28,11 +28,7 @@ use std::{
 };
 
 use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
-use kube::{
-    Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
-    core::DeserializeGuard,
-};
+use kube::{Api, Client, ResourceExt, api::Patch};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +36,7 @@ use super::{
     context::Context,
     crd::Machine,
     error::{Error, Result, is_not_found},
+    field_manager,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 
@@ -173,26 +170,17 @@ pub fn reset_update(now: Timestamp) -> StatusUpdate {
     }
 }
 
-/// Resets every Unknown Machine to Running; returns how many.
+/// Resets every Unknown Machine of the Machine cache (MCM reads its lister here too) to
+/// Running; returns how many.
 async fn reset_unknown_machines(ctx: &Context) -> Result<usize> {
-    let api: Api<DeserializeGuard<Machine>> =
-        Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let typed: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let mut reset = 0;
-    for guard in api
-        .list(&Default::default())
-        .await
-        .map_err(Error::kube("list Machines"))?
-    {
-        let Ok(m) = guard.0 else { continue };
-        if m.phase() != phase::UNKNOWN {
-            continue;
-        }
+    for m in ctx.caches.machines_where(|m| m.phase() == phase::UNKNOWN) {
         let update = reset_update(Timestamp::now());
         match typed
             .patch_status(
                 &m.name_any(),
-                &PatchParams::default(),
+                &field_manager::patch(),
                 &Patch::Merge(update.to_patch()),
             )
             .await
@@ -225,7 +213,10 @@ pub async fn run(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let up = api_servers_up(&ctx, deadline).await;
+        let up = tokio::select! {
+            () = stop.cancelled() => return,
+            up = api_servers_up(&ctx, deadline) => up,
+        };
         let (transition, next) = tracker.observe(up, Instant::now(), period, timeout);
         wait = next;
         match transition {
@@ -238,7 +229,10 @@ pub async fn run(
                     "API server unreachable past the status-check timeout: machine controller frozen (deletions continue)"
                 );
             }
-            Transition::Thaw => match reset_unknown_machines(&ctx).await {
+            Transition::Thaw => match tokio::select! {
+                () = stop.cancelled() => return,
+                reset = reset_unknown_machines(&ctx) => reset,
+            } {
                 Ok(reset) => {
                     ctx.safety.freeze.set(false);
                     ctx.metrics.mcm.set_controller_frozen(false);

@@ -21,10 +21,13 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
     jiff::{SignedDuration, Timestamp},
 };
-use kube::{Api, Client, api::PostParams};
+use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use super::error::{Error, Result, is_conflict};
+use super::{
+    error::{Error, Result, is_conflict},
+    field_manager,
+};
 
 /// Lease timing (client-go's defaults: 15 s / 10 s / 2 s).
 #[derive(Debug, Clone)]
@@ -51,11 +54,24 @@ pub struct Leadership {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How long giving the Lease up may take at shutdown. Releasing only spares the successor
+/// the wait for the Lease to expire; an API server that does not answer must not hold the
+/// process.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Leadership {
-    /// Stops renewing and gives the Lease up.
+    /// Stops renewing and gives the Lease up (for at most [`RELEASE_TIMEOUT`]; after that the
+    /// Lease is left to expire).
     pub async fn release(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(RELEASE_TIMEOUT, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+            tracing::warn!(timeout = ?RELEASE_TIMEOUT, "the leader lease was not released in time; it expires instead");
+        }
     }
 }
 
@@ -106,7 +122,7 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Att
                 ..Default::default()
             }),
         };
-        return match api.create(&PostParams::default(), &lease).await {
+        return match api.create(&field_manager::post(), &lease).await {
             Ok(_) => Ok(Attempt::Leader),
             Err(e) if is_conflict(&e) => Ok(Attempt::Follower),
             Err(e) => Err(Error::Kube {
@@ -127,7 +143,7 @@ async fn try_acquire_or_renew(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Att
     spec.lease_duration_seconds = Some(secs);
     spec.renew_time = Some(MicroTime(now));
     lease.spec = Some(spec);
-    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+    match api.replace(&cfg.name, &field_manager::post(), &lease).await {
         Ok(_) => Ok(Attempt::Leader),
         Err(e) if is_conflict(&e) => Ok(Attempt::Follower),
         Err(e) => Err(Error::Kube {
@@ -150,7 +166,7 @@ async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         lease.spec = Some(spec);
-        api.replace(&cfg.name, &PostParams::default(), &lease)
+        api.replace(&cfg.name, &field_manager::post(), &lease)
             .await
             .map(|_| ())
     }

@@ -1,7 +1,10 @@
 //! The Machine reconciler, under the finalizer `machine.sapcloud.io/machine-controller-manager`
-//! (kube-runtime's [`finalizer`] helper adds it): `Apply` runs the create flow and the health
-//! check; a Machine being deleted goes to the delete flow ([`super::delete_flow`]), which
-//! removes the finalizer itself as its last step.
+//! (added first, before anything else happens to the Machine): a live Machine gets the create
+//! flow and the health check; a Machine being deleted goes to the delete flow
+//! ([`super::delete_flow`]), which removes the finalizer itself as its last step.
+//!
+//! Reads come from the controller's caches ([`super::caches`]) where MCM reads its listers:
+//! the Machine itself, its MachineClass, the class's Secrets and the Machine's Node.
 //!
 //! # Create flow (MCM's `triggerCreationFlow`)
 //! Runs while `spec.providerID` is empty or the phase is `""`/`CrashLoopBackOff`:
@@ -32,15 +35,7 @@
 use std::{sync::Arc, time::Instant};
 
 use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    core::DeserializeGuard,
-    runtime::{
-        controller::Action,
-        finalizer::{Event, finalizer},
-    },
-};
+use kube::{Api, ResourceExt, api::Patch, core::DeserializeGuard, runtime::controller::Action};
 use serde_json::json;
 use tonic::Code;
 
@@ -56,17 +51,15 @@ use super::{
     crd::{DEFAULT_PRIORITY, Machine, MachineClass, NODE_LABEL, PRIORITY_ANNOTATION},
     delete_flow,
     error::{Error, Result, is_not_found},
-    health, machine_metrics, node_sync, orphans, permit, secrets, similar,
+    field_manager, health, machine_metrics, node_sync, orphans, permit, secrets, similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 
 /// The finalizer on Machines (and MachineClasses), MCM's name so MCM tooling recognises it.
 pub const MACHINE_FINALIZER: &str = "machine.sapcloud.io/machine-controller-manager";
 
-/// The field manager of our writes.
-pub const FIELD_MANAGER: &str = "metal-driver-controller";
-
-/// Entry point for kube-runtime: decode guard, finalizer, then Apply/Cleanup.
+/// Entry point for kube-runtime: decode guard, then the delete flow, the finalizer or
+/// [`apply`].
 pub async fn reconcile(guard: Arc<DeserializeGuard<Machine>>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let _running = ctx
@@ -87,6 +80,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Machine>>, ctx: Arc<Context>)
             return Ok(Action::await_change());
         }
     };
+    if !ctx.caches.ready(&ctx.stop).await {
+        // Stopping before the caches were filled: nothing was read, nothing is lost.
+        return Ok(Action::await_change());
+    }
     if machine.metadata.deletion_timestamp.is_some() {
         let result = delete_flow::run(&machine, &ctx).await;
         ctx.metrics
@@ -94,21 +91,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Machine>>, ctx: Arc<Context>)
             .reconciled("machine", started.elapsed());
         return result;
     }
-    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let result = finalizer(&api, MACHINE_FINALIZER, Arc::new(machine), |event| async {
-        match event {
-            Event::Apply(m) => apply(&m, &ctx).await,
-            // Not reached: deleting Machines go to the delete flow above.
-            Event::Cleanup(m) => delete_flow::run(&m, &ctx).await,
-        }
-    })
-    .await;
-    let result = match result {
-        // A stale event for a Machine whose finalizer we already removed: it is gone.
-        Err(kube::runtime::finalizer::Error::RemoveFinalizer(e)) if is_not_found(&e) => {
-            Ok(Action::await_change())
-        }
-        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    let result = if machine.finalizers().iter().any(|f| f == MACHINE_FINALIZER) {
+        apply(&machine, &ctx).await
+    } else {
+        add_finalizer(&machine, &ctx).await
     };
     ctx.metrics
         .controller
@@ -135,8 +121,43 @@ pub fn error_policy(
     Action::requeue(after)
 }
 
-/// The class named by `spec.class`, validated as MCM's `ValidateMachineClass` does.
-pub(super) async fn class_of(m: &Machine, ctx: &Context) -> Result<MachineClass> {
+/// Adds our finalizer (MCM's `addMachineFinalizers`) and waits for the change: the write's
+/// own watch event brings the Machine back.
+async fn add_finalizer(m: &Machine, ctx: &Context) -> Result<Action> {
+    let mut finalizers = m.finalizers().to_vec();
+    finalizers.push(MACHINE_FINALIZER.to_owned());
+    // Deleted meanwhile or not, its next watch event ends it.
+    write_finalizers(m, ctx, finalizers, "add Machine finalizer").await?;
+    Ok(Action::await_change())
+}
+
+/// Writes the Machine's finalizer list. The patch carries the resourceVersion read, so a
+/// concurrent change of the list fails (409, retried) instead of being overwritten — another
+/// controller's finalizer is never dropped. `false` when the Machine is gone.
+pub(super) async fn write_finalizers(
+    m: &Machine,
+    ctx: &Context,
+    finalizers: Vec<String>,
+    action: &'static str,
+) -> Result<bool> {
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": m.resource_version(),
+    }});
+    let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    match api
+        .patch(&m.name_any(), &field_manager::patch(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(Error::kube(action)(e)),
+    }
+}
+
+/// The class named by `spec.class` from the class cache, validated as MCM's
+/// `ValidateMachineClass` does.
+pub(super) fn class_of(m: &Machine, ctx: &Context) -> Result<Arc<MachineClass>> {
     let class = &m.spec.class;
     if class.kind != "MachineClass" || class.name.is_empty() {
         return Err(Error::InvalidClassRef {
@@ -144,10 +165,8 @@ pub(super) async fn class_of(m: &Machine, ctx: &Context) -> Result<MachineClass>
             name: class.name.clone(),
         });
     }
-    let api: Api<MachineClass> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    api.get_opt(&class.name)
-        .await
-        .map_err(Error::kube("get MachineClass"))?
+    ctx.caches
+        .class(&class.name)
         .ok_or_else(|| Error::ClassNotFound {
             name: class.name.clone(),
         })
@@ -166,7 +185,7 @@ async fn patch_status(m: &Machine, ctx: &Context, update: &StatusUpdate) -> Resu
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     api.patch_status(
         &m.name_any(),
-        &PatchParams::default(),
+        &field_manager::patch(),
         &Patch::Merge(update.to_patch()),
     )
     .await
@@ -193,13 +212,10 @@ fn newly_out_of_range(m: &Machine, update: &StatusUpdate) -> bool {
     has && !had
 }
 
-/// The machine's Node in the target cluster, `None` when it does not exist.
-async fn node_of(ctx: &Context, m: &Machine) -> Result<Option<Node>> {
-    let (Some(target), Some(name)) = (&ctx.target, m.node_name()) else {
-        return Ok(None);
-    };
-    let nodes: Api<Node> = Api::all(target.clone());
-    nodes.get_opt(name).await.map_err(Error::kube("get Node"))
+/// The machine's Node from the Node cache, `None` when it does not exist (or there is no
+/// target cluster).
+fn node_of(ctx: &Context, m: &Machine) -> Option<Arc<Node>> {
+    ctx.caches.node(m.node_name()?)
 }
 
 /// `Apply`: health for machines with a Node, then the create flow where needed.
@@ -210,24 +226,26 @@ async fn apply(m: &Machine, ctx: &Context) -> Result<Action> {
         tracing::debug!(machine = %m.name_any(), "machine controller frozen; skipped");
         return Ok(Action::requeue(ctx.config.retry.long));
     }
-    let class = class_of(m, ctx).await?;
+    let class = class_of(m, ctx)?;
     if !class.finalizers().iter().any(|f| f == MACHINE_FINALIZER) {
-        // MCM waits for the class finalizer so a class cannot vanish under a new device. The
-        // class controller adds it; its watch event brings us back here.
+        // MCM waits for the class finalizer so a class cannot vanish under a new device, and
+        // hands the class to the class controller, which adds it and then enqueues the
+        // class's Machines again.
         tracing::debug!(machine = %m.name_any(), class = %class.name_any(), "waiting for the MachineClass finalizer");
+        ctx.queues.class(&class.name_any(), &ctx.config.namespace);
         return Ok(Action::requeue(ctx.config.retry.short));
     }
     let ph = m.phase();
     let mut recheck = None;
     if ctx.has_target() && m.node_name().is_some() && !ph.is_empty() {
-        let node = node_of(ctx, m).await?;
+        let node = node_of(ctx, m);
         if let Some(n) = &node
             && node_sync::sync(m, &class, n, ctx).await? == node_sync::Next::MachineDeleted
         {
             return Ok(Action::await_change());
         }
         let now = Timestamp::now();
-        let outcome = health::evaluate(m, node.as_ref(), &ctx.config, now);
+        let outcome = health::evaluate(m, node.as_deref(), &ctx.config, now);
         let to_failed = outcome
             .update
             .current
@@ -302,7 +320,7 @@ async fn create_failed(m: &Machine, ctx: &Context, failure: CallError) -> Result
 
 async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result<Action> {
     let name = m.name_any();
-    let merged = secrets::load(&ctx.client, &ctx.config.namespace, class).await?;
+    let merged = secrets::load(&ctx.caches, class);
     let mut secrets = match merged.for_create(&name) {
         Ok(s) => s,
         Err(error) => {
@@ -489,7 +507,7 @@ async fn persist_identity(
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     api.patch(
         &m.name_any(),
-        &PatchParams::default(),
+        &field_manager::patch(),
         &Patch::Merge(serde_json::Value::Object(patch)),
     )
     .await
@@ -500,11 +518,12 @@ async fn persist_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::fixtures::{Call, context, mock_client, not_found};
+    use crate::controller::fixtures::{
+        Call, caches, context, context_queued, context_with, mock_client, not_found,
+    };
     use serde_json::json;
 
     const MACHINES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machines";
-    const CLASSES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machineclasses";
 
     fn guard(v: serde_json::Value) -> Arc<DeserializeGuard<Machine>> {
         Arc::new(serde_json::from_value(v).unwrap())
@@ -529,17 +548,18 @@ mod tests {
                 machine(json!({"finalizers": [MACHINE_FINALIZER]})),
             )
             .body(|b| {
-                let ops = b.as_array().expect("JSON patch");
-                assert!(
-                    ops.iter()
-                        .any(|op| op["op"] == "add" && op["value"] == json!([MACHINE_FINALIZER])),
+                // Another controller's finalizer stays; the write is conditional on what
+                // was read.
+                assert_eq!(
+                    b["metadata"]["finalizers"],
+                    json!(["example.com/other", MACHINE_FINALIZER]),
                     "{b}"
                 );
+                assert_eq!(b["metadata"]["resourceVersion"], "1", "{b}");
             }),
         ]);
-        let action = reconcile(guard(machine(json!({}))), context(client))
-            .await
-            .unwrap();
+        let m = machine(json!({"finalizers": ["example.com/other"]}));
+        let action = reconcile(guard(m), context(client)).await.unwrap();
         assert_eq!(action, Action::await_change());
         mock.await.unwrap();
     }
@@ -548,18 +568,20 @@ mod tests {
     async fn create_waits_for_the_class_finalizer_without_calling_the_driver() {
         let class = json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineClass",
                            "metadata": {"name": "c", "namespace": "ns"}, "providerSpec": {}});
-        let (client, mock) =
-            mock_client(vec![Call::new("GET", format!("{CLASSES}/c"), 200, class)]);
+        let (client, mock) = mock_client(vec![]);
+        let (ctx, mut enqueued) =
+            context_queued(client, caches(vec![], vec![class], vec![], vec![]));
         let m = machine(json!({"finalizers": [MACHINE_FINALIZER]}));
-        let action = reconcile(guard(m), context(client)).await.unwrap();
+        let action = reconcile(guard(m), ctx).await.unwrap();
         assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
         mock.await.unwrap();
+        // The class is handed to the class controller, as MCM's ValidateMachineClass does.
+        assert_eq!(enqueued.classes(), ["c"]);
     }
 
     #[tokio::test]
     async fn deleting_a_machine_without_class_or_device_releases_it() {
         let (client, mock) = mock_client(vec![
-            Call::new("GET", format!("{CLASSES}/c"), 404, not_found()),
             Call::new("PATCH", format!("{MACHINES}/m?"), 200, machine(json!({}))).body(|b| {
                 assert_eq!(b["metadata"]["finalizers"], json!([]), "{b}");
                 assert_eq!(b["metadata"]["resourceVersion"], "1", "{b}");
@@ -572,25 +594,25 @@ mod tests {
         mock.await.unwrap();
     }
 
-    /// A create retried after a transient driver error writes its status once: the second
-    /// attempt's status differs only in timestamps (MCM's similar-status rule).
-    #[tokio::test]
-    async fn a_repeated_create_failure_writes_the_status_once() {
+    /// Class `c` (with our finalizer) and its Secret `s` (with userData).
+    fn class_and_secret() -> (serde_json::Value, serde_json::Value) {
         let class = json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineClass",
                            "metadata": {"name": "c", "namespace": "ns", "finalizers": [MACHINE_FINALIZER]},
                            "providerSpec": {}, "secretRef": {"name": "s", "namespace": "ns"}});
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ns"},
                             "data": {"userData": "I2Nsb3VkLWNvbmZpZw=="}});
+        (class, secret)
+    }
+
+    /// A create retried after a transient driver error writes its status once: the second
+    /// attempt's status differs only in timestamps (MCM's similar-status rule).
+    #[tokio::test]
+    async fn a_repeated_create_failure_writes_the_status_once() {
+        let (class, secret) = class_and_secret();
         let written = Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
         let keep = written.clone();
+        let cached = || caches(vec![], vec![class.clone()], vec![secret.clone()], vec![]);
         let (client, mock) = mock_client(vec![
-            Call::new("GET", format!("{CLASSES}/c"), 200, class.clone()),
-            Call::new(
-                "GET",
-                "/api/v1/namespaces/ns/secrets/s",
-                200,
-                secret.clone(),
-            ),
             Call::new(
                 "PATCH",
                 format!("{MACHINES}/m/status?"),
@@ -603,7 +625,9 @@ mod tests {
         ]);
         let m = machine(json!({"finalizers": [MACHINE_FINALIZER],
                                "creationTimestamp": Timestamp::now().to_string()}));
-        let action = reconcile(guard(m.clone()), context(client)).await.unwrap();
+        let action = reconcile(guard(m.clone()), context_with(client, cached()))
+            .await
+            .unwrap();
         assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
         mock.await.unwrap();
         let status = written.lock().unwrap().clone();
@@ -619,11 +643,10 @@ mod tests {
         // The retry sees the written status; it fails the same way and writes nothing.
         let mut again = m;
         again["status"] = status;
-        let (client, mock) = mock_client(vec![
-            Call::new("GET", format!("{CLASSES}/c"), 200, class),
-            Call::new("GET", "/api/v1/namespaces/ns/secrets/s", 200, secret),
-        ]);
-        let action = reconcile(guard(again), context(client)).await.unwrap();
+        let (client, mock) = mock_client(vec![]);
+        let action = reconcile(guard(again), context_with(client, cached()))
+            .await
+            .unwrap();
         assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
         mock.await.unwrap();
     }
@@ -640,8 +663,6 @@ mod tests {
                             "data": {"userData": "I2Nsb3VkLWNvbmZpZw=="}});
         let token = "/api/v1/namespaces/kube-system/secrets";
         let (client, mock) = mock_client(vec![
-            Call::new("GET", format!("{CLASSES}/c"), 200, class),
-            Call::new("GET", "/api/v1/namespaces/ns/secrets/s", 200, secret),
             Call::new(
                 "GET",
                 format!("{token}/bootstrap-token-616263"),
@@ -661,7 +682,39 @@ mod tests {
         ]);
         let m = machine(json!({"name": "m-abc12", "finalizers": [MACHINE_FINALIZER],
                                "creationTimestamp": Timestamp::now().to_string()}));
-        reconcile(guard(m), context(client)).await.unwrap();
+        let ctx = context_with(client, caches(vec![], vec![class], vec![secret], vec![]));
+        reconcile(guard(m), ctx).await.unwrap();
+        mock.await.unwrap();
+    }
+
+    /// A Running Machine whose Node is healthy and in sync is checked from the caches alone:
+    /// the class, its Secrets and the Node are cached, so the reconcile makes no API call.
+    #[tokio::test]
+    async fn a_healthy_running_machine_costs_no_api_call() {
+        let (class, secret) = class_and_secret();
+        let conditions = json!([{"type": "Ready", "status": "True"}]);
+        use crate::controller::{node_finalizer::NODE_FINALIZER, node_template};
+        let applied = node_template::NodeTemplate::default().record();
+        let node = json!({"apiVersion": "v1", "kind": "Node",
+                          "metadata": {"name": "n1", "finalizers": [NODE_FINALIZER],
+                                       "labels": {node_template::MACHINE_NAME_LABEL: "m"},
+                                       "annotations": {node_template::LAST_APPLIED_ALT: applied}},
+                          "status": {"conditions": conditions}});
+        let mut m = machine(
+            json!({"finalizers": [MACHINE_FINALIZER], "labels": {"node": "n1"},
+                                   "annotations": {PRIORITY_ANNOTATION: "3"}}),
+        );
+        m["spec"]["providerID"] = json!("equinixmetal://x");
+        m["status"] = json!({"currentStatus": {"phase": "Running", "timeoutActive": false},
+                             "conditions": conditions});
+        let (client, mock) = mock_client(vec![]);
+        let ctx = context_with(
+            client,
+            caches(vec![], vec![class], vec![secret], vec![node]),
+        );
+        let action = reconcile(guard(m), ctx).await.unwrap();
+        // Looked at again after --machine-health-recheck-period.
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(60)));
         mock.await.unwrap();
     }
 
@@ -677,14 +730,16 @@ mod tests {
         mock.await.unwrap();
     }
 
-    /// Frozen, a Machine being deleted still goes through the delete flow (its first step
-    /// reads the class).
+    /// Frozen, a Machine being deleted still goes through the delete flow (here: no class,
+    /// no device, so it is released).
     #[tokio::test]
     async fn a_frozen_controller_still_deletes() {
-        let (client, mock) = mock_client(vec![
-            Call::new("GET", format!("{CLASSES}/c"), 404, not_found()),
-            Call::new("PATCH", format!("{MACHINES}/m?"), 200, machine(json!({}))),
-        ]);
+        let (client, mock) = mock_client(vec![Call::new(
+            "PATCH",
+            format!("{MACHINES}/m?"),
+            200,
+            machine(json!({})),
+        )]);
         let ctx = context(client);
         ctx.safety.freeze.set_for_test(true);
         let m = machine(

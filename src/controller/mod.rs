@@ -9,18 +9,24 @@
 //! Start-up order: side port (`/healthz`, `/readyz`, `/metrics`; prints `listening on
 //! http://ADDR` as the first stdout line) → Kubernetes clients → connect to the driver
 //! (retried until it answers) → Probe + GetPluginCapabilities → ready → leader election →
-//! controllers. Shutdown (SIGTERM): controllers finish in-flight reconciles, the lease is
-//! released, the side port closes.
+//! one watch per kind filling the caches ([`caches`]) → controllers, whose reconciles start
+//! once every cache was filled. Shutdown (SIGTERM): controllers finish in-flight reconciles,
+//! the lease is released, the side port closes.
+//!
+//! The flags are in [`flags`]; this module wires the parts together.
 
 pub mod bootstrap_token;
+pub mod caches;
 pub mod context;
 pub mod crd;
 pub mod delete_flow;
 pub mod drain;
 pub mod duration;
 pub mod error;
+pub mod field_manager;
 #[cfg(test)]
 pub mod fixtures;
+pub mod flags;
 pub mod freeze;
 pub mod health;
 pub mod leader;
@@ -38,14 +44,14 @@ pub mod secrets;
 pub mod similar;
 pub mod status;
 
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::{
     Api, Client, Config as KubeConfig, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig},
-    core::{DeserializeGuard, PartialObjectMeta},
+    core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt, controller::Config as ControllerConfig, reflector,
         reflector::ObjectRef, watcher,
@@ -58,11 +64,14 @@ use crate::{
     telemetry::{Metrics, admin},
 };
 
+pub use self::flags::{ControllerArgs, GardenerCompatArgs};
+
 use self::{
-    context::{Capabilities, Config, Context},
+    caches::{Caches, Kind},
+    context::{Capabilities, Context, Queues},
     crd::{Machine, MachineClass},
     error::{Error, Result},
-    status::RetryPeriods,
+    flags::{DriverSettings, Settings},
 };
 
 /// The `--control-kubeconfig`/`--target-kubeconfig` value meaning "the service account".
@@ -70,181 +79,8 @@ pub const IN_CLUSTER: &str = "inClusterConfig";
 /// The `--target-kubeconfig` value meaning "no target cluster: no Node interaction".
 pub const NO_TARGET: &str = "none";
 
-fn go_duration(s: &str) -> std::result::Result<Duration, String> {
-    duration::parse(s)
-}
-
-/// Flags of `metal-driver controller`. Names follow MCM's machine-controller where the
-/// meaning is the same, so Gardener-style deployments carry over.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ControllerArgs {
-    /// Flags Gardener's provider-sidecar helper always passes; accepted so that helper works
-    /// unchanged.
-    #[command(flatten)]
-    pub gardener: GardenerCompatArgs,
-
-    /// TLS towards a driver started with --tls-cert (and mutual TLS with --tls-client-ca).
-    #[command(flatten)]
-    pub tls: crate::cmi::client::ClientTlsArgs,
-
-    /// Kubeconfig of the cluster holding Machines, MachineClasses and Secrets (Gardener's
-    /// seed): a path, or `inClusterConfig` for the pod's service account. Empty: the usual
-    /// kubeconfig discovery (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long, env = "CONTROL_KUBECONFIG", default_value = "")]
-    pub control_kubeconfig: String,
-
-    /// Kubeconfig of the cluster the machines join as Nodes (Gardener's shoot): a path,
-    /// `inClusterConfig`, or `none` for no Node interaction at all (machines then end in
-    /// phase Available). Empty: the control cluster.
-    #[arg(long, env = "TARGET_KUBECONFIG", default_value = "")]
-    pub target_kubeconfig: String,
-
-    /// The namespace whose Machines, MachineClasses and Secrets are managed; the leader
-    /// Lease lives here too.
-    #[arg(long, env = "CONTROL_NAMESPACE", default_value = "default")]
-    pub namespace: String,
-
-    /// The CMI driver: `tcp://HOST:PORT` or `unix:///PATH`. Required by `metal-driver
-    /// controller`; without a subcommand it is left out and the driver runs in this process.
-    #[arg(long, env = "CMI_ENDPOINT")]
-    pub cmi_endpoint: Option<String>,
-
-    /// Deadline of each CMI call; a hung driver costs one worker at most this long.
-    #[arg(long, env = "CMI_TIMEOUT", default_value = "2m", value_parser = go_duration)]
-    pub cmi_timeout: Duration,
-
-    /// A machine still Pending this long after creation (or whose create keeps failing) is
-    /// marked Failed, so MCM's MachineSet controller replaces it. `spec.creationTimeout`
-    /// overrides it per machine.
-    #[arg(long, env = "MACHINE_CREATION_TIMEOUT", default_value = "20m", value_parser = go_duration)]
-    pub machine_creation_timeout: Duration,
-
-    /// A machine Unknown (Node unhealthy or gone) this long is marked Failed.
-    /// `spec.healthTimeout` overrides it per machine.
-    #[arg(long, env = "MACHINE_HEALTH_TIMEOUT", default_value = "10m", value_parser = go_duration)]
-    pub machine_health_timeout: Duration,
-
-    /// A deleted machine's Node is drained (pods evicted, PodDisruptionBudgets respected)
-    /// for at most this long, counted from the deletion; after it the drain is forceful.
-    /// `spec.drainTimeout` overrides it per machine.
-    #[arg(long, env = "MACHINE_DRAIN_TIMEOUT", default_value = "2h", value_parser = go_duration)]
-    pub machine_drain_timeout: Duration,
-
-    /// Evictions a PodDisruptionBudget refuses are retried every 20 s, at most this many
-    /// times (and at most drain timeout / 20 s); then the pod is deleted. MCM's default.
-    #[arg(long, env = "MACHINE_MAX_EVICT_RETRIES", default_value_t = 360, value_parser = clap::value_parser!(i32).range(0..))]
-    pub machine_max_evict_retries: i32,
-
-    /// How long a drain waits for an evicted pod's volumes to detach from the Node (on top
-    /// of the pod's termination grace period).
-    #[arg(long, env = "MACHINE_PV_DETACH_TIMEOUT", default_value = "2m", value_parser = go_duration)]
-    pub machine_pv_detach_timeout: Duration,
-
-    /// How long a drain waits for an evicted pod's volumes to attach to another Node
-    /// before it moves on anyway.
-    #[arg(long, env = "MACHINE_PV_REATTACH_TIMEOUT", default_value = "90s", value_parser = go_duration)]
-    pub machine_pv_reattach_timeout: Duration,
-
-    /// How often devices that no Machine accounts for are looked for and deleted.
-    #[arg(long, env = "MACHINE_SAFETY_ORPHAN_VMS_PERIOD", default_value = "15m", value_parser = go_duration)]
-    pub machine_safety_orphan_vms_period: Duration,
-
-    /// Wait after a ResourceExhausted (no capacity) create failure.
-    #[arg(long, env = "RESOURCE_EXHAUSTED_RETRY", default_value = "10m", value_parser = go_duration)]
-    pub resource_exhausted_retry: Duration,
-
-    /// How often Pending/Running/Unknown machines are re-checked against their Node without
-    /// a Node event (timeouts are counted at this granularity).
-    #[arg(long, env = "MACHINE_HEALTH_RECHECK_PERIOD", default_value = "1m", value_parser = go_duration)]
-    pub machine_health_recheck_period: Duration,
-
-    /// Comma-separated, case-sensitive Node condition types that make a Machine unhealthy
-    /// unless `False` (`Unknown` counts as unhealthy); `spec.nodeConditions` overrides it
-    /// per Machine. MCM's flag and default.
-    #[arg(
-        long,
-        env = "NODE_CONDITIONS",
-        default_value = context::DEFAULT_NODE_CONDITIONS
-    )]
-    pub node_conditions: String,
-
-    /// Comma-separated groups written to the `auth-extra-groups` field of the bootstrap
-    /// token Secret created for each new Machine whose userData asks for a token (MCM's flag;
-    /// Gardener passes its node-bootstrapper group).
-    #[arg(long, env = "BOOTSTRAP_TOKEN_AUTH_EXTRA_GROUPS", default_value = "")]
-    pub bootstrap_token_auth_extra_groups: String,
-
-    /// Side-port address for /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "METAL_DRIVER_CONTROLLER_ADDRESS",
-        default_value = "0.0.0.0"
-    )]
-    pub address: std::net::IpAddr,
-
-    /// Side-port port (Gardener's `providermetrics` port). 0 picks a free port.
-    #[arg(long, env = "METAL_DRIVER_CONTROLLER_PORT", default_value_t = 10259)]
-    pub port: u16,
-
-    /// Only one replica reconciles: the one holding the Lease `--leader-elect-resource-name`
-    /// in `--namespace`.
-    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_elect: bool,
-
-    /// Name of the leader Lease.
-    #[arg(
-        long,
-        env = "LEADER_ELECT_RESOURCE_NAME",
-        default_value = "machine-controller"
-    )]
-    pub leader_elect_resource_name: String,
-
-    /// How long a Lease is valid without renewal; a successor of a crashed leader waits this.
-    #[arg(long, env = "LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = go_duration)]
-    pub leader_elect_lease_duration: Duration,
-
-    /// How long the leader keeps trying to renew before it gives up and exits.
-    #[arg(long, env = "LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = go_duration)]
-    pub leader_elect_renew_deadline: Duration,
-
-    /// Pause between Lease attempts.
-    #[arg(long, env = "LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = go_duration)]
-    pub leader_elect_retry_period: Duration,
-
-    /// Machines reconciled in parallel (MCM's `--concurrent-syncs`).
-    #[arg(long, env = "CONCURRENT_SYNCS", default_value_t = 10)]
-    pub concurrent_syncs: u16,
-}
-
-/// MCM flags that Gardener's `ProviderSidecarContainer` passes to every provider sidecar,
-/// so the extension's webhook can inject this controller with the stock helper. The
-/// API-server status check drives the freeze (see [`freeze`]).
-#[derive(clap::Args, Debug, Clone)]
-pub struct GardenerCompatArgs {
-    /// Requests per second each Kubernetes client may send (token-bucket refill rate, as
-    /// client-go's). Default 20, MCM's.
-    #[arg(long, env = "KUBE_API_QPS", value_parser = rate_limit::parse_qps)]
-    pub kube_api_qps: Option<f32>,
-
-    /// Requests each Kubernetes client may send at once after a quiet period (token-bucket
-    /// capacity). Default 30, MCM's.
-    #[arg(long, env = "KUBE_API_BURST", value_parser = rate_limit::parse_burst)]
-    pub kube_api_burst: Option<u32>,
-
-    /// The control and target API servers unreachable this long → the controller freezes:
-    /// no creates and no health decisions until they answer again; deletions go on.
-    #[arg(long, env = "MACHINE_SAFETY_APISERVER_STATUSCHECK_TIMEOUT", default_value = "30s", value_parser = go_duration)]
-    pub machine_safety_apiserver_statuscheck_timeout: Duration,
-
-    /// How often both API servers are checked (every fifth of the timeout while failing).
-    #[arg(long, env = "MACHINE_SAFETY_APISERVER_STATUSCHECK_PERIOD", default_value = "1m", value_parser = go_duration)]
-    pub machine_safety_apiserver_statuscheck_period: Duration,
-
-    /// klog verbosity: 0-3 info, 4 debug, 5 and more trace (see `telemetry`);
-    /// `--log-level` wins.
-    #[arg(long = "v", hide_short_help = true)]
-    pub verbosity: Option<u8>,
-}
+/// The User-Agent of every request to an API server.
+pub const USER_AGENT: &str = concat!("metal-driver/", env!("CARGO_PKG_VERSION"));
 
 /// Builds a client from a kubeconfig flag value (path, `inClusterConfig`, or empty), with
 /// its own token bucket of `rate` ([`rate_limit`]).
@@ -281,6 +117,12 @@ async fn kube_client_with(
     };
     let mut config = config;
     config.default_retry = default_retry;
+    // Names this controller in the API server's audit log and request metrics, as client-go's
+    // user agent names MCM (kube-rs sends none).
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| fail(e.to_string()))?;
     Ok(builder
         .with_layer(&rate_limit::RateLimitLayer::new(rate))
@@ -290,19 +132,19 @@ async fn kube_client_with(
 /// Connects to the driver (`--cmi-endpoint`, or the one already connected in this process),
 /// retrying until it answers Probe with ready (or shutdown).
 async fn connect_driver(
-    args: &ControllerArgs,
+    driver: &DriverSettings,
     in_process: Option<CmiClient>,
     shutdown: &CancellationToken,
 ) -> Result<Option<(CmiClient, Capabilities)>> {
-    let tls = args.tls.load()?;
+    let tls = driver.tls.load()?;
     let mut delay = Duration::from_millis(200);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let connected = match (&in_process, &args.cmi_endpoint) {
+        let connected = match (&in_process, &driver.endpoint) {
             (Some(client), _) => Ok(client.clone()),
             (None, Some(endpoint)) => {
-                CmiClient::connect_tls(endpoint, args.cmi_timeout, tls.as_ref()).await
+                CmiClient::connect_tls(endpoint, driver.timeout, tls.as_ref()).await
             }
             (None, None) => Err(crate::cmi::endpoint::EndpointError::Malformed(
                 "(no --cmi-endpoint)".into(),
@@ -372,49 +214,62 @@ pub async fn run_with_driver(
     metrics: Metrics,
     in_process: Option<CmiClient>,
 ) -> Result<()> {
+    let settings = args.into_settings();
     let readiness = admin::Readiness::default();
-    let addr = SocketAddr::new(args.address, args.port);
+    let addr = settings.side_port;
     let admin = admin::bind(addr, metrics.clone(), readiness.clone())
         .await
         .map_err(|source| Error::Bind { addr, source })?;
     println!("listening on http://{}", admin.local_addr());
-    let result = run_with(args, shutdown, metrics, readiness, in_process).await;
+    let result = run_with(settings, shutdown, metrics, readiness, in_process).await;
     admin.stop().await;
     result
 }
 
 async fn run_with(
-    args: ControllerArgs,
+    settings: Settings,
     shutdown: CancellationToken,
     metrics: Metrics,
     readiness: admin::Readiness,
     in_process: Option<CmiClient>,
 ) -> Result<()> {
-    let rate = rate_limit::Rate::new(args.gardener.kube_api_qps, args.gardener.kube_api_burst);
-    let client = kube_client(&args.control_kubeconfig, rate).await?;
-    let target = match args.target_kubeconfig.as_str() {
+    let Settings {
+        // Bound by the caller before the clients exist.
+        side_port: _,
+        control_kubeconfig,
+        target_kubeconfig,
+        rate,
+        driver,
+        leader,
+        concurrent_syncs,
+        statuscheck_period,
+        statuscheck_timeout,
+        config,
+    } = settings;
+    let client = kube_client(&control_kubeconfig, rate).await?;
+    let target = match target_kubeconfig.as_str() {
         NO_TARGET => None,
         // Its own client even when it is the control cluster: see [`target_client`].
-        "" => Some(target_client(&args.control_kubeconfig, rate).await?),
+        "" => Some(target_client(&control_kubeconfig, rate).await?),
         flag => Some(target_client(flag, rate).await?),
     };
-    let Some((cmi, capabilities)) = connect_driver(&args, in_process, &shutdown).await? else {
+    let Some((cmi, capabilities)) = connect_driver(&driver, in_process, &shutdown).await? else {
         return Ok(());
     };
     readiness.set(true);
 
-    let leadership = if args.leader_elect {
+    let leadership = if leader.elect {
         let cfg = leader::LeaseConfig {
-            name: args.leader_elect_resource_name.clone(),
-            namespace: args.namespace.clone(),
+            name: leader.name,
+            namespace: config.namespace.clone(),
             identity: leader::identity(),
-            lease_duration: args.leader_elect_lease_duration,
-            renew_deadline: args.leader_elect_renew_deadline,
-            retry_period: args.leader_elect_retry_period,
+            lease_duration: leader.lease_duration,
+            renew_deadline: leader.renew_deadline,
+            retry_period: leader.retry_period,
         };
         // Its own client and bucket (MCM's separate leader-election client), so lease
         // renewals never queue behind a busy controller's requests.
-        let lease_client = kube_client(&args.control_kubeconfig, rate).await?;
+        let lease_client = kube_client(&control_kubeconfig, rate).await?;
         match leader::acquire(lease_client, cfg, &shutdown).await? {
             Some(l) => Some(l),
             None => return Ok(()),
@@ -441,113 +296,111 @@ async fn run_with(
         });
     }
 
-    let ns = args.namespace.clone();
+    let ns = config.namespace.clone();
+    let (machine_store, machine_writer) = reflector::store::<DeserializeGuard<Machine>>();
+    let (class_store, class_writer) = reflector::store::<MachineClass>();
+    let (secret_store, secret_writer) = reflector::store::<Secret>();
+    let (node_store, node_writer) = match &target {
+        Some(_) => {
+            let (store, writer) = reflector::store::<Node>();
+            (Some(store), Some(writer))
+        }
+        None => (None, None),
+    };
+    let (machine_queue, machine_queue_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (class_queue, class_queue_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         client: client.clone(),
         target: target.clone(),
         cmi,
         capabilities,
-        config: Config {
-            namespace: ns.clone(),
-            creation_timeout: args.machine_creation_timeout,
-            health_timeout: args.machine_health_timeout,
-            drain_timeout: args.machine_drain_timeout,
-            max_evict_retries: args.machine_max_evict_retries,
-            pv_detach_timeout: args.machine_pv_detach_timeout,
-            pv_reattach_timeout: args.machine_pv_reattach_timeout,
-            orphan_period: args.machine_safety_orphan_vms_period,
-            retry: RetryPeriods {
-                resource_exhausted: args.resource_exhausted_retry,
-                ..RetryPeriods::default()
-            },
-            health_recheck: args.machine_health_recheck_period,
-            node_conditions: args.node_conditions.clone(),
-            bootstrap_token_auth_extra_groups: args.bootstrap_token_auth_extra_groups.clone(),
-        },
+        config,
         metrics: metrics.clone(),
         stop: stop.clone(),
         safety: Default::default(),
+        caches: Caches::new(
+            &ns,
+            machine_store.clone(),
+            class_store.clone(),
+            secret_store,
+            node_store,
+        ),
+        queues: Queues::new(machine_queue, class_queue),
     });
 
+    // One watch per kind, each filling its cache. Machines: the cache is the controller's
+    // memory, one entry per Machine, trimmed of what is never read (managedFields grow with
+    // every writer; see BENCHMARKS.md, item 6).
     let machines: Api<DeserializeGuard<Machine>> = Api::namespaced(client.clone(), &ns);
-    let classes: Api<MachineClass> = Api::namespaced(client.clone(), &ns);
-    // Metadata only (kube sends metadata-only requests for `PartialObjectMeta`): Secret
-    // data is never even sent to us, let alone cached.
-    let secrets: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), &ns);
-
-    // A cache of classes, to map a Secret event to the classes (and so Machines) using it.
-    let (class_store, class_writer) = reflector::store::<MachineClass>();
-    let class_cache = reflector(
-        class_writer,
-        watcher(classes.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .take_until(stop.clone().cancelled_owned())
-    .for_each(|_| future::ready(()));
-
-    // The Machine cache is the controller's memory: one entry per Machine, trimmed of what
-    // is never read (managedFields grow with every writer; see BENCHMARKS.md, item 6).
-    let (machine_store, machine_writer) = reflector::store::<DeserializeGuard<Machine>>();
     // MCM's scrape-time Machine series, read from this cache while we lead.
     metrics.mcm.attach(Arc::new(machine_metrics::CacheSource(
         machine_store.clone(),
     )));
     let queue = metrics.workqueue.clone();
-    let deleted = ctx.clone();
+    let mut class_triggers = machine_class::ClassTriggers::default();
+    let events = ctx.clone();
     let machine_events = reflector(
         machine_writer,
-        watcher(machines.clone(), watcher::Config::default()).modify(crd::trim_for_cache),
+        watcher(machines, watcher::Config::default()).modify(crd::trim_for_cache),
     )
-    // MCM collects orphans after every Machine delete.
     .inspect(move |event| {
-        if let Ok(watcher::Event::Delete(_)) = event {
-            deleted.safety.collect_orphans.notify_one();
+        let Ok(event) = event else { return };
+        if matches!(event, watcher::Event::InitDone) {
+            events.caches.filled(Kind::Machines);
+        }
+        let triggered = class_triggers.observe(event);
+        // MCM's class queue hears of Machine adds and deletes.
+        for class in triggered.classes {
+            let class_ns = class
+                .namespace
+                .as_deref()
+                .unwrap_or(&events.config.namespace);
+            events.queues.class(&class.name, class_ns);
+        }
+        // MCM collects orphans after every Machine delete.
+        if triggered.deleted > 0 {
+            events.safety.collect_orphans.notify_one();
         }
     })
     .applied_objects()
     .inspect_ok(move |m| queue.triggered("machine", machine_metrics::queue_key(m)));
     let machine_controller = Controller::for_stream(machine_events, machine_store.clone())
-        .with_config(ControllerConfig::default().concurrency(args.concurrent_syncs));
-    let mut machine_controller = {
-        let store = machine_store.clone();
-        machine_controller.watches(
-            classes.clone(),
-            watcher::Config::default(),
-            move |class: MachineClass| machine_class::machines_of_class(&store, &class.name_any()),
-        )
+        .with_config(ControllerConfig::default().concurrency(concurrent_syncs))
+        // A class reconcile hands its Machines over, as MCM's does; so do Node events.
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            machine_queue_rx,
+        ));
+    // Nodes: any change (conditions, taints such as Gardener's critical-components one, a
+    // deletion) reconciles the Machine whose `node` label names the Node; the reconcile then
+    // reads the Node from this cache. The watch runs on its own, not as a trigger stream of
+    // the Machine controller: kube-runtime pauses all trigger streams of a controller after
+    // an error in any of them, so a target API server that is down would slow the Machine
+    // watch down too.
+    let node_task = match (&target, node_writer) {
+        (Some(t), Some(writer)) => {
+            let nodes: Api<Node> = Api::all(t.clone());
+            let (store, events, filled) = (machine_store.clone(), ctx.clone(), ctx.clone());
+            reflector(
+                writer,
+                watcher(nodes, watcher::Config::default()).modify(caches::trim_node),
+            )
+            .default_backoff()
+            .inspect(move |e| filled_on_init(e, &filled.caches, Kind::Nodes))
+            .touched_objects()
+            .take_until(stop.clone().cancelled_owned())
+            .for_each(move |node| {
+                if let Ok(node) = node {
+                    for m in machines_of_node(&store, &node.name_any()) {
+                        let ns = m.namespace.as_deref().unwrap_or(&events.config.namespace);
+                        events.queues.machine(&m.name, ns);
+                    }
+                }
+                future::ready(())
+            })
+            .left_future()
+        }
+        _ => future::ready(()).right_future(),
     };
-    {
-        let (store, classes, ns) = (machine_store.clone(), class_store.clone(), ns.clone());
-        machine_controller =
-            machine_controller.watches(secrets, watcher::Config::default(), move |secret| {
-                machine_class::machines_of_secret(&store, &classes, &secret, &ns)
-            });
-    }
-    if let Some(t) = &target {
-        let store = machine_store.clone();
-        // Only a Node's name maps it to its Machine; its status is read when reconciling.
-        // Metadata-only is enough to see every change: any write to a Node (conditions,
-        // taints such as Gardener's critical-components one, a deletion) bumps its
-        // resourceVersion, and the API server reports it as a MODIFIED event here too, while
-        // the Node's spec and status never enter this process's memory through the watch.
-        let nodes: Api<PartialObjectMeta<Node>> = Api::all(t.clone());
-        machine_controller = machine_controller.watches(
-            nodes,
-            watcher::Config::default(),
-            move |node: PartialObjectMeta<Node>| {
-                let name = node.name_any();
-                store
-                    .state()
-                    .iter()
-                    .filter(|g| {
-                        g.0.as_ref()
-                            .is_ok_and(|m| m.node_name() == Some(name.as_str()))
-                    })
-                    .map(|g| ObjectRef::from_obj(g.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        );
-    }
     // The freeze check asks for every Machine to be looked at again after a thaw.
     let (reconcile_all, reconcile_all_rx) = tokio::sync::mpsc::unbounded_channel();
     let machine_task = machine_controller
@@ -558,14 +411,16 @@ async fn run_with(
         .run(machine::reconcile, machine::error_policy, ctx.clone())
         .for_each(|_| future::ready(()));
 
-    let class_controller = Controller::new(classes, watcher::Config::default());
-    let class_controller_store = class_controller.store();
-    let class_task = class_controller
-        .watches(
-            machines,
-            watcher::Config::default(),
-            machine_class::class_of_machine,
-        )
+    let classes: Api<MachineClass> = Api::namespaced(client.clone(), &ns);
+    let filled = ctx.clone();
+    let class_events = reflector(class_writer, watcher(classes, watcher::Config::default()))
+        .inspect(move |e| filled_on_init(e, &filled.caches, Kind::Classes))
+        .applied_objects();
+    let class_task = Controller::for_stream(class_events, class_store.clone())
+        // Machine adds and deletes, and Machines waiting for the class finalizer.
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            class_queue_rx,
+        ))
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(
             machine_class::reconcile,
@@ -574,22 +429,35 @@ async fn run_with(
         )
         .for_each(|_| future::ready(()));
 
+    // Secrets: only read (a Secret change reconciles nothing, as in MCM).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let filled = ctx.clone();
+    let secret_cache = reflector(
+        secret_writer,
+        watcher(secrets, watcher::Config::default()).modify(caches::trim_secret),
+    )
+    .default_backoff()
+    .inspect(move |e| filled_on_init(e, &filled.caches, Kind::Secrets))
+    .take_until(stop.clone().cancelled_owned())
+    .for_each(|_| future::ready(()));
+
     let orphan_task = orphans::run(ctx.clone(), stop.clone());
     let secret_task = secret_finalizer::run(ctx.clone(), stop.clone());
     let freeze_task = freeze::run(
         ctx.clone(),
-        args.gardener.machine_safety_apiserver_statuscheck_period,
-        args.gardener.machine_safety_apiserver_statuscheck_timeout,
+        statuscheck_period,
+        statuscheck_timeout,
         reconcile_all,
         stop.clone(),
     );
 
     tracing::info!(namespace = %ns, target = ctx.has_target(), "machine controller running");
     tokio::join!(
-        unless_stopped_before_ready(machine_task, &stop, machine_store.clone()),
-        unless_stopped_before_ready(class_task, &stop, class_controller_store),
+        until_stopped(machine_task, &stop, machine_store.clone()),
+        until_stopped(class_task, &stop, class_store),
         orphan_task,
-        class_cache,
+        secret_cache,
+        node_task,
         secret_task,
         freeze_task
     );
@@ -609,12 +477,42 @@ async fn run_with(
     Ok(())
 }
 
-/// Runs a kube-runtime controller until it ends, or until `stop` fires while its cache is
-/// still empty. kube-runtime holds a controller's reconciles until its cache has been filled
-/// once; a stop that ends the watch before the first list completes leaves that hold waiting
-/// for ever, and the process would ignore SIGTERM until it is killed. No reconcile can be in
-/// flight before the cache is filled, so nothing is cut short by not waiting then.
-pub(crate) async fn unless_stopped_before_ready<K>(
+/// Marks `kind` filled when its watch has delivered a complete list (the reflector applied
+/// it to the store before this sees it).
+fn filled_on_init<K>(event: &watcher::Result<watcher::Event<K>>, caches: &Caches, kind: Kind) {
+    if matches!(event, Ok(watcher::Event::InitDone)) {
+        caches.filled(kind);
+    }
+}
+
+/// Node event → the Machines whose `node` label names the Node (MCM's `getMachineFromNode`).
+fn machines_of_node(
+    machines: &reflector::Store<DeserializeGuard<Machine>>,
+    node: &str,
+) -> Vec<ObjectRef<DeserializeGuard<Machine>>> {
+    machines
+        .state()
+        .iter()
+        .filter(|g| g.0.as_ref().is_ok_and(|m| m.node_name() == Some(node)))
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+/// How long in-flight reconciles may go on after the stop (SIGTERM, or the lease lost)
+/// before they are abandoned. A reconcile can wait on a driver call (up to `--cmi-timeout`,
+/// 2 minutes, while the driver retries a struggling Metal API) or on an API server that
+/// does not answer; the process must still exit well within a Pod's termination grace
+/// period. Abandoning one is safe: every step is idempotent (a create cut short is adopted
+/// by the next CreateMachine, a delete step repeats) and the next leader resumes it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs a kube-runtime controller until it ends by itself after `stop` — in-flight
+/// reconciles finished — or until [`SHUTDOWN_GRACE`] after `stop`, when the reconciles still
+/// running are abandoned (dropping the controller aborts their tasks). A stop while its
+/// cache is still empty ends it at once: kube-runtime holds the reconciles until the cache
+/// was filled, and a stop that ends the watch before the first list leaves that hold waiting
+/// for ever; no reconcile can be in flight then.
+pub(crate) async fn until_stopped<K>(
     controller: impl std::future::Future<Output = ()>,
     stop: &CancellationToken,
     cache: reflector::Store<K>,
@@ -622,99 +520,52 @@ pub(crate) async fn unless_stopped_before_ready<K>(
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    let stopped_unready = async {
+    let abandon = async {
         stop.cancelled().await;
         if matches!(cache.wait_until_ready().now_or_never(), Some(Ok(()))) {
-            // Filled: the controller finishes its in-flight reconciles and ends by itself.
-            future::pending::<()>().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "reconciles still running after the stop; abandoned (the next leader repeats them)"
+            );
+        } else {
+            tracing::debug!(
+                cache = std::any::type_name::<K>(),
+                "stopped before the first list; no reconcile ran"
+            );
         }
     };
     tokio::select! {
         () = controller => {}
-        () = stopped_unready => tracing::debug!("stopped before the first list; no reconcile ran"),
+        () = abandon => {}
     }
 }
 
 #[cfg(test)]
-mod args_tests {
-    use clap::Parser;
+mod tests {
+    use super::*;
 
-    use super::ControllerArgs;
+    /// After the stop, a controller whose reconciles do not finish is abandoned after the
+    /// grace; one whose cache was never filled ends at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_controller_is_abandoned_after_the_grace() {
+        let stop = CancellationToken::new();
+        let filled = fixtures::ready_store::<Secret>(vec![]);
+        let stuck = future::pending::<()>();
+        let waiting = tokio::spawn({
+            let stop = stop.clone();
+            async move { until_stopped(stuck, &stop, filled).await }
+        });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!waiting.is_finished(), "ended without a stop");
+        let stopped = tokio::time::Instant::now();
+        stop.cancel();
+        waiting.await.unwrap();
+        assert!(stopped.elapsed() >= SHUTDOWN_GRACE);
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ControllerArgs,
-    }
-
-    /// The exact arguments Gardener's `ProviderSidecarContainer` gives a provider sidecar
-    /// (reference/notes/mcm.md §5) must parse, with MCM's duration syntax.
-    #[test]
-    fn gardener_sidecar_arguments_parse() {
-        let cli = Cli::try_parse_from([
-            "controller",
-            "--control-kubeconfig=inClusterConfig",
-            "--kube-api-qps=100",
-            "--kube-api-burst=200",
-            "--machine-creation-timeout=20m",
-            "--machine-drain-timeout=2h",
-            "--machine-health-timeout=10m",
-            "--machine-safety-apiserver-statuscheck-timeout=30s",
-            "--machine-safety-apiserver-statuscheck-period=1m",
-            "--machine-safety-orphan-vms-period=30m",
-            "--namespace=shoot--dev--demo",
-            "--port=10259",
-            "--target-kubeconfig=/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig/kubeconfig",
-            "--v=3",
-            "--cmi-endpoint=unix:///var/run/cmi/cmi.sock",
-        ])
-        .expect("Gardener's sidecar flags are accepted");
-        assert_eq!(cli.args.namespace, "shoot--dev--demo");
-        assert_eq!(cli.args.machine_safety_orphan_vms_period.as_secs(), 30 * 60);
-        assert_eq!(cli.args.machine_drain_timeout.as_secs(), 2 * 3600);
-        assert_eq!(cli.args.gardener.kube_api_qps, Some(100.0));
-        assert_eq!(cli.args.gardener.kube_api_burst, Some(200));
-        let g = &cli.args.gardener;
-        assert_eq!(g.machine_safety_apiserver_statuscheck_timeout.as_secs(), 30);
-        assert_eq!(g.machine_safety_apiserver_statuscheck_period.as_secs(), 60);
-    }
-
-    /// A rate that cannot work is refused at start-up, naming the flag.
-    #[test]
-    fn an_unusable_client_rate_is_refused() {
-        for bad in [
-            "--kube-api-qps=0",
-            "--kube-api-qps=-5",
-            "--kube-api-burst=0",
-        ] {
-            let err = Cli::try_parse_from(["controller", "--cmi-endpoint=tcp://127.0.0.1:1", bad])
-                .err()
-                .unwrap_or_else(|| panic!("{bad} was accepted"))
-                .to_string();
-            let flag = bad.split('=').next().unwrap();
-            assert!(err.contains(flag), "{bad}: {err}");
-        }
-    }
-
-    /// Without the flags, MCM's defaults apply (30 s timeout, 1 min period); a bad duration
-    /// is refused naming the flag.
-    #[test]
-    fn statuscheck_defaults_are_mcms() {
-        let cli = Cli::try_parse_from(["controller", "--cmi-endpoint=unix:///s"]).unwrap();
-        let g = &cli.args.gardener;
-        assert_eq!(g.machine_safety_apiserver_statuscheck_timeout.as_secs(), 30);
-        assert_eq!(g.machine_safety_apiserver_statuscheck_period.as_secs(), 60);
-        let err = Cli::try_parse_from([
-            "controller",
-            "--cmi-endpoint=unix:///s",
-            "--machine-safety-apiserver-statuscheck-period=soon",
-        ])
-        .err()
-        .unwrap()
-        .to_string();
-        assert!(
-            err.contains("--machine-safety-apiserver-statuscheck-period"),
-            "{err}"
-        );
+        let (unfilled, _writer) = reflector::store::<Secret>();
+        let stopped = tokio::time::Instant::now();
+        until_stopped(future::pending::<()>(), &stop, unfilled).await;
+        assert_eq!(stopped.elapsed(), Duration::ZERO);
     }
 }

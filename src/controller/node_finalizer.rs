@@ -9,13 +9,13 @@
 //! after a migration to this controller. Other controllers' finalizers are left alone.
 
 use k8s_openapi::api::core::v1::Node;
-use kube::{
-    Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
-};
+use kube::{Api, Client, ResourceExt, api::Patch};
 use serde_json::json;
 
-use super::error::{Error, Result, is_not_found};
+use super::{
+    error::{Error, Result, is_not_found},
+    field_manager,
+};
 
 /// MCM's Node finalizer name.
 pub const NODE_FINALIZER: &str = "node.machine.sapcloud.io/machine-controller";
@@ -71,7 +71,7 @@ pub async fn remove(target: &Client, name: &str) -> Result<()> {
             "finalizers": rest,
         }});
         match nodes
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(name, &field_manager::patch(), &Patch::Merge(patch))
             .await
         {
             Ok(_) => {

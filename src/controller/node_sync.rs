@@ -9,16 +9,13 @@
 //!    the Node is already as it should be.
 
 use k8s_openapi::api::core::v1::Node;
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-};
+use kube::{Api, ResourceExt, api::Patch};
 
 use super::{
     context::Context,
     crd::{Machine, MachineClass},
     error::{Error, Result, is_not_found},
-    node_finalizer,
+    field_manager, node_finalizer,
     node_template::{self, NodeTemplate, Plan},
 };
 
@@ -45,7 +42,7 @@ pub async fn sync(m: &Machine, class: &MachineClass, node: &Node, ctx: &Context)
     let mut resource_version = node.resource_version();
     if let Some(status) = plan.status_patch() {
         let updated = nodes
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+            .patch_status(&name, &field_manager::patch(), &Patch::Merge(status))
             .await
             .map_err(Error::kube("patch Node capacity"))?;
         resource_version = updated.resource_version();
@@ -53,7 +50,7 @@ pub async fn sync(m: &Machine, class: &MachineClass, node: &Node, ctx: &Context)
     let finalizers = node_finalizer::with_ours(node);
     if let Some(patch) = plan.object_patch(resource_version.as_deref(), finalizers.as_deref()) {
         nodes
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(&name, &field_manager::patch(), &Patch::Merge(patch))
             .await
             .map_err(Error::kube("patch Node"))?;
         tracing::info!(

@@ -66,7 +66,7 @@ impl NodeTemplate {
     /// The JSON MCM v0.62.1 writes into the last-applied annotation, byte for byte (Go's
     /// encoding of `NodeTemplateSpec`: empty maps and lists omitted, struct field order, taint
     /// fields `key`, `value`, `effect`, `timeAdded`).
-    fn record(&self) -> String {
+    pub(crate) fn record(&self) -> String {
         #[derive(Serialize)]
         struct Meta<'a> {
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]

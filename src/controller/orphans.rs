@@ -13,9 +13,15 @@
 //! Device identity is compared by UUID (`equinixmetal://<uuid>`, legacy
 //! `equinixmetal://<metro>/<uuid>`, `packet://<uuid>` and a bare UUID are the same device).
 //! Machines in phase `""` or `CrashLoopBackOff` are being created — their device may exist
-//! before `spec.providerID` is written — so their devices are never touched. The driver is
-//! asked first and the Machines listed second, so a device created after the Machines were
-//! read cannot be mistaken for an orphan. Errors are logged and the next period retries.
+//! before `spec.providerID` is written — so their devices are never touched.
+//!
+//! Classes, Secrets, Machines and Nodes are read from the caches, as MCM's safety controller
+//! reads its listers. The driver is asked first and the Machine cache read second: this
+//! controller creates a device only for a Machine its cache already holds, so a device
+//! listed cannot belong to a Machine the cache has not seen yet. A cache that lags only ever
+//! shows an older state of a Machine, and every older state of a Machine whose device is
+//! being replaced is one the rule leaves alone (phase `""`/`CrashLoopBackOff`). Errors are
+//! logged and the next period retries.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,20 +29,15 @@ use std::{
 };
 
 use k8s_openapi::{api::core::v1::Node, jiff::Timestamp};
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    core::DeserializeGuard,
-};
+use kube::{Api, ResourceExt, api::Patch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{cmi::calls::MachineRef, provider_id::ProviderId};
 
 use super::{
     context::Context,
-    crd::{Machine, MachineClass},
     error::{Error, Result, is_not_found},
-    secrets,
+    field_manager, secrets,
     status::{elapsed, phase},
 };
 
@@ -103,23 +104,34 @@ pub fn find_orphans(
 
 /// Runs collection at once, then every `ctx.config.orphan_period` and whenever
 /// `ctx.safety.collect_orphans` is notified, until `stop` is cancelled.
+/// A pass is abandoned when `stop` fires (its driver calls are idempotent; the next leader
+/// collects again at start-up).
 pub async fn run(ctx: std::sync::Arc<Context>, stop: CancellationToken) {
+    if !ctx.caches.ready(&stop).await {
+        return;
+    }
     loop {
         let started = std::time::Instant::now();
-        match collect_once(&ctx).await {
-            Ok(deleted) => tracing::info!(deleted, "orphan collection done"),
-            Err(error) => {
+        let pass = async {
+            match collect_once(&ctx).await {
+                Ok(deleted) => tracing::info!(deleted, "orphan collection done"),
+                Err(error) => {
+                    ctx.metrics
+                        .controller
+                        .failed("orphans", error.metric_label());
+                    tracing::warn!(%error, "orphan collection failed; retrying next period");
+                }
+            }
+            if let Err(error) = mark_unmanaged_nodes(&ctx).await {
                 ctx.metrics
                     .controller
                     .failed("orphans", error.metric_label());
-                tracing::warn!(%error, "orphan collection failed; retrying next period");
+                tracing::warn!(%error, "marking Nodes without a Machine failed; retrying next period");
             }
-        }
-        if let Err(error) = mark_unmanaged_nodes(&ctx).await {
-            ctx.metrics
-                .controller
-                .failed("orphans", error.metric_label());
-            tracing::warn!(%error, "marking Nodes without a Machine failed; retrying next period");
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = pass => {}
         }
         ctx.metrics
             .controller
@@ -184,32 +196,23 @@ pub fn node_marks(
     out
 }
 
-/// Annotates (and un-annotates) the target cluster's Nodes as [`node_marks`] says.
+/// Annotates (and un-annotates) the target cluster's Nodes as [`node_marks`] says, reading
+/// Nodes and Machines from the caches (MCM's node and Machine listers).
 pub async fn mark_unmanaged_nodes(ctx: &Context) -> Result<usize> {
-    let Some(target) = &ctx.target else {
+    let (Some(target), Some(node_cache)) = (&ctx.target, &ctx.caches.nodes) else {
         return Ok(0);
     };
     let nodes: Api<Node> = Api::all(target.clone());
-    let listed = nodes
-        .list_metadata(&Default::default())
-        .await
-        .map_err(Error::kube("list Nodes"))?;
-    let machines: Api<DeserializeGuard<Machine>> =
-        Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let mut claims: HashMap<String, usize> = HashMap::new();
-    for guard in machines
-        .list(&Default::default())
-        .await
-        .map_err(Error::kube("list Machines"))?
-    {
+    for guard in ctx.caches.machines() {
         // An unreadable Machine may claim any Node: annotate nothing rather than wrongly.
-        let Ok(m) = guard.0 else { return Ok(0) };
+        let Ok(m) = &guard.0 else { return Ok(0) };
         if let Some(node) = m.node_name() {
             *claims.entry(node.to_owned()).or_default() += 1;
         }
     }
-    let infos: Vec<NodeInfo> = listed
-        .items
+    let infos: Vec<NodeInfo> = node_cache
+        .state()
         .iter()
         .map(|n| NodeInfo {
             name: n.name_any(),
@@ -232,7 +235,7 @@ pub async fn mark_unmanaged_nodes(ctx: &Context) -> Result<usize> {
         let patch =
             serde_json::json!({"metadata": {"annotations": {NOT_MANAGED_ANNOTATION: value}}});
         match nodes
-            .patch_metadata(name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch_metadata(name, &field_manager::patch(), &Patch::Merge(patch))
             .await
         {
             Ok(_) => {
@@ -247,18 +250,13 @@ pub async fn mark_unmanaged_nodes(ctx: &Context) -> Result<usize> {
 }
 
 /// One pass over every MachineClass; returns how many devices were deleted.
+/// Classes, Secrets and Machines come from the caches, as MCM's safety controller reads its
+/// listers.
 pub async fn collect_once(ctx: &Context) -> Result<usize> {
-    let ns = &ctx.config.namespace;
-    let classes: Api<MachineClass> = Api::namespaced(ctx.client.clone(), ns);
-    let machines: Api<DeserializeGuard<Machine>> = Api::namespaced(ctx.client.clone(), ns);
     let mut deleted = 0;
-    for class in classes
-        .list(&Default::default())
-        .await
-        .map_err(Error::kube("list MachineClasses"))?
-    {
+    for class in ctx.caches.classes.state() {
         let class_name = class.name_any();
-        let secrets = secrets::load(&ctx.client, ns, &class).await?.to_cmi();
+        let secrets = secrets::load(&ctx.caches, &class).to_cmi();
         let provider_spec = serde_json::to_vec(&class.provider_spec).unwrap_or_default();
         let listed = match ctx.cmi.list_machines(&provider_spec, &secrets).await {
             Ok(listed) => listed,
@@ -272,12 +270,11 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
             }
         };
         // Machines are read after the driver answered (see the module docs).
-        let known: BTreeMap<String, Known> = machines
-            .list(&Default::default())
-            .await
-            .map_err(Error::kube("list Machines"))?
-            .into_iter()
-            .map(|g| match g.0 {
+        let known: BTreeMap<String, Known> = ctx
+            .caches
+            .machines()
+            .iter()
+            .map(|g| match &g.0 {
                 Ok(m) => (
                     m.name_any(),
                     Known::Machine {
@@ -285,7 +282,10 @@ pub async fn collect_once(ctx: &Context) -> Result<usize> {
                         phase: m.phase().to_owned(),
                     },
                 ),
-                Err(invalid) => (invalid.metadata.name.unwrap_or_default(), Known::Unreadable),
+                Err(invalid) => (
+                    invalid.metadata.name.clone().unwrap_or_default(),
+                    Known::Unreadable,
+                ),
             })
             .collect();
         for orphan in find_orphans(&listed, &known) {

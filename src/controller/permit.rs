@@ -11,23 +11,27 @@
 //! not being replaced) — and a `Terminating` one counts twice, so the gap between the old
 //! Machine going away and the MachineSet's new one appearing is covered.
 //!
-//! Decisions for one group are serialized by an in-process lock (MCM's permit), and the
-//! group is listed from the API server inside it, so the Failed write of one decision is seen
-//! by the next.
+//! Decisions for one group are serialized by an in-process lock (MCM's permit). The group is
+//! read from the Machine cache inside it, as MCM reads its lister; so that the next decision
+//! sees this one's Failed write, the permit is held until the cache shows it (polled every
+//! 100 ms for up to 1 s; after that MCM waits 10 s more before it lets go, and so do we).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use kube::{Api, api::ListParams, core::DeserializeGuard};
+use kube::{ResourceExt, core::DeserializeGuard, runtime::reflector::ObjectRef};
 
-use super::{
-    context::Context,
-    crd::Machine,
-    error::{Error, Result},
-    status::phase,
-};
+use super::{context::Context, crd::Machine, error::Result, status::phase};
+
+/// How often the cache is looked at for the Failed write (MCM's `pollInterval`).
+const CACHE_POLL: Duration = Duration::from_millis(100);
+/// How long the cache is polled (MCM's `cacheUpdateTimeout`).
+const CACHE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the permit is held after the cache did not show the write (MCM's fixed wait).
+const CACHE_GRACE: Duration = Duration::from_secs(10);
 
 /// MCM's `maxReplacements`: at most this many Machines of one MachineDeployment in
 /// replacement before another Unknown one may be marked Failed.
@@ -80,8 +84,9 @@ impl Permits {
     }
 }
 
-/// Holds the group's permit, lists the group from the API server and, when the rule allows,
-/// runs `mark` (the Failed write) before releasing the permit. Returns whether it ran.
+/// Holds the group's permit, reads the group from the Machine cache and, when the rule
+/// allows, runs `mark` (the Failed write), then holds the permit until the cache shows the
+/// write (see the module docs). Returns whether `mark` ran.
 pub async fn with_permit<F, Fut>(ctx: &Context, m: &Machine, mark: F) -> Result<bool>
 where
     F: FnOnce() -> Fut,
@@ -89,14 +94,12 @@ where
 {
     let group = deployment_of(m).to_owned();
     let _permit = ctx.safety.permits.acquire(&group).await;
-    let api: Api<DeserializeGuard<Machine>> =
-        Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let listed = api
-        .list(&ListParams::default().labels(&format!("{DEPLOYMENT_LABEL}={group}")))
-        .await
-        .map_err(Error::kube("list Machines of the MachineDeployment"))?;
-    let machines: Vec<Machine> = listed.items.into_iter().filter_map(|g| g.0.ok()).collect();
-    let in_progress = replacements_in_progress(&machines);
+    let cached = ctx.caches.machines();
+    let machines = cached
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|x| deployment_of(x) == group);
+    let in_progress = replacements_in_progress(machines);
     if in_progress >= MAX_REPLACEMENTS {
         tracing::info!(
             machine = m.metadata.name.as_deref().unwrap_or_default(),
@@ -108,7 +111,40 @@ where
         return Ok(false);
     }
     mark().await?;
+    if !cache_shows_replacement(ctx, m).await {
+        tracing::info!(
+            machine = %m.name_any(),
+            "the Machine cache does not show the Failed phase yet; holding the permit {CACHE_GRACE:?}"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(CACHE_GRACE) => {}
+            () = ctx.stop.cancelled() => {}
+        }
+    }
     Ok(true)
+}
+
+/// Whether the cache shows `m` Failed or Terminating (or gone) within [`CACHE_TIMEOUT`].
+async fn cache_shows_replacement(ctx: &Context, m: &Machine) -> bool {
+    let key =
+        ObjectRef::<DeserializeGuard<Machine>>::new(&m.name_any()).within(&ctx.config.namespace);
+    let deadline = tokio::time::Instant::now() + CACHE_TIMEOUT;
+    loop {
+        let shown = match ctx.caches.machines.get(&key) {
+            None => true,
+            Some(g) => {
+                g.0.as_ref()
+                    .is_ok_and(|c| c.phase() == phase::FAILED || c.phase() == phase::TERMINATING)
+            }
+        };
+        if shown {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(CACHE_POLL).await;
+    }
 }
 
 #[cfg(test)]
@@ -197,52 +233,88 @@ mod tests {
             .expect("md1 free again");
     }
 
-    const MACHINES: &str = "/apis/machine.sapcloud.io/v1alpha1/namespaces/ns/machines";
-
-    fn list(phases: &[&str]) -> serde_json::Value {
-        let items: Vec<_> = phases
-            .iter()
-            .enumerate()
-            .map(|(i, ph)| {
-                serde_json::json!({
-                "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
-                "metadata": {"name": format!("m{i}"), "namespace": "ns", "labels": {"name": "md1"}},
-                "spec": {"class": {"kind": "MachineClass", "name": "c"}},
-                "status": {"currentStatus": {"phase": ph}}})
-            })
-            .collect();
-        serde_json::json!({"apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "MachineList",
-                           "metadata": {}, "items": items})
+    fn cached(name: &str, ph: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "machine.sapcloud.io/v1alpha1", "kind": "Machine",
+            "metadata": {"name": name, "namespace": "ns", "labels": {"name": "md1"}},
+            "spec": {"class": {"kind": "MachineClass", "name": "c"}},
+            "status": {"currentStatus": {"phase": ph}}})
     }
 
+    fn unknown_in_md1(name: &str) -> Machine {
+        serde_json::from_value(cached(name, "Unknown")).unwrap()
+    }
+
+    /// The group comes from the cache (no API call); a permitted mark holds the permit until
+    /// the cache shows it, and the next decision then sees it.
     #[tokio::test]
-    async fn the_group_is_listed_by_label_and_decides() {
-        use crate::controller::fixtures::{Call, context, mock_client};
-        let (client, mock) = mock_client(vec![
-            Call::new(
-                "GET",
-                format!("{MACHINES}?&labelSelector=name%3Dmd1"),
-                200,
-                list(&["Unknown", "Unknown", "Running"]),
+    async fn the_group_is_read_from_the_cache_and_decides() {
+        use crate::controller::fixtures::{caches, context_with, mock_client};
+        use kube::runtime::{reflector, watcher};
+        let (client, mock) = mock_client(vec![]);
+        let (store, mut writer) = reflector::store::<DeserializeGuard<Machine>>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for (n, ph) in [("m0", "Unknown"), ("m1", "Unknown"), ("m2", "Running")] {
+            let g = serde_json::from_value(cached(n, ph)).unwrap();
+            writer.apply_watcher_event(&watcher::Event::InitApply(g));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let empty = caches(vec![], vec![], vec![], vec![]);
+        let ctx = context_with(
+            client,
+            crate::controller::caches::Caches::new(
+                "ns",
+                store,
+                empty.classes.clone(),
+                empty.secrets.clone(),
+                empty.nodes.clone(),
             ),
-            Call::new(
-                "GET",
-                format!("{MACHINES}?&labelSelector=name%3Dmd1"),
-                200,
-                list(&["Failed", "Unknown", "Running"]),
-            ),
-        ]);
-        let ctx = context(client);
-        let mut x = m("Unknown");
-        x.metadata.labels = Some([("name".to_owned(), "md1".to_owned())].into());
+        );
         let marked = std::sync::atomic::AtomicUsize::new(0);
+        let writer = std::sync::Mutex::new(writer);
+        // The mark "writes" Failed; the watch brings it to the cache a moment later.
         let mark = || async {
             marked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let g = serde_json::from_value(cached("m0", "Failed")).unwrap();
+            writer
+                .lock()
+                .unwrap()
+                .apply_watcher_event(&watcher::Event::Apply(g));
             Ok(())
         };
-        assert!(with_permit(&ctx, &x, mark).await.unwrap());
-        assert!(!with_permit(&ctx, &x, mark).await.unwrap());
+        assert!(
+            with_permit(&ctx, &unknown_in_md1("m0"), mark)
+                .await
+                .unwrap()
+        );
+        let never = || async { panic!("a second Machine of md1 marked Failed") };
+        assert!(
+            !with_permit(&ctx, &unknown_in_md1("m1"), never)
+                .await
+                .unwrap()
+        );
         assert_eq!(marked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        mock.await.unwrap();
+    }
+
+    /// A write the cache never shows holds the permit for MCM's extra 10 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_cache_does_not_show_holds_the_permit_longer() {
+        use crate::controller::fixtures::{caches, context_with, mock_client};
+        let (client, mock) = mock_client(vec![]);
+        let ctx = context_with(
+            client,
+            caches(vec![cached("m0", "Unknown")], vec![], vec![], vec![]),
+        );
+        let started = tokio::time::Instant::now();
+        let mark = || async { Ok(()) };
+        assert!(
+            with_permit(&ctx, &unknown_in_md1("m0"), mark)
+                .await
+                .unwrap()
+        );
+        assert!(started.elapsed() >= CACHE_TIMEOUT + CACHE_GRACE);
         mock.await.unwrap();
     }
 }

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::Patch,
     core::PartialObjectMeta,
     runtime::{
         Controller,
@@ -38,7 +38,7 @@ use super::{
     context::Context,
     crd::MachineClass,
     error::{Error, Result},
-    secrets,
+    field_manager, secrets,
 };
 
 /// MCM's finalizer name on Secrets (not the `-manager` one Machines and classes carry).
@@ -113,7 +113,7 @@ async fn reconcile_inner(secret: &PartialObjectMeta<Secret>, ctx: &Context) -> R
             "resourceVersion": secret.resource_version(),
         }});
         let result = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-            .patch_metadata(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch_metadata(&name, &field_manager::patch(), &Patch::Merge(patch))
             .await;
         match result {
             Ok(_) => tracing::info!(secret = %name, referenced, "Secret finalizer updated"),
@@ -159,7 +159,7 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    super::unless_stopped_before_ready(task, &stop, cache).await;
+    super::until_stopped(task, &stop, cache).await;
 }
 
 /// Class event → the Secrets it refers to, and every Secret holding our finalizer (a class

@@ -1,17 +1,16 @@
 //! Where the controller's Secrets map comes from: the class's `secretRef` and
-//! `credentialsSecretRef`, read from the control cluster and merged as MCM does (see
+//! `credentialsSecretRef`, read from the Secret cache and merged as MCM does (see
 //! [`crate::secret_data`], which the `machine` CLI shares).
 //!
 //! Secret values never reach a log line or an error message from here: errors name keys and
 //! Secret names only.
 
-use k8s_openapi::api::core::v1::{Secret, SecretReference};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::SecretReference;
 
 use crate::secret_data::SecretData;
 
+use super::caches::Caches;
 use super::crd::MachineClass;
-use super::error::{Error, Result};
 
 /// Which namespace a reference points into: its own, or the class's when unset.
 fn ref_namespace<'a>(r: &'a SecretReference, class_ns: &'a str) -> &'a str {
@@ -21,12 +20,13 @@ fn ref_namespace<'a>(r: &'a SecretReference, class_ns: &'a str) -> &'a str {
         .unwrap_or(class_ns)
 }
 
-/// Reads and merges the class's Secrets. Like MCM (whose Secret lister is limited to
-/// `--namespace`), a Secret that does not exist, or lives in another namespace, is skipped
-/// with a warning rather than failing: the driver then reports what is missing.
-pub async fn load(client: &Client, namespace: &str, class: &MachineClass) -> Result<SecretData> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut datas = Vec::new();
+/// Merges the class's Secrets, read from the Secret cache as MCM reads its Secret lister.
+/// Like MCM (whose lister is limited to `--namespace`), a Secret that does not exist, or
+/// lives in another namespace, is skipped with a warning rather than failing: the driver then
+/// reports what is missing.
+pub fn load(caches: &Caches, class: &MachineClass) -> SecretData {
+    let namespace = caches.namespace();
+    let mut found = Vec::new();
     for r in [&class.secret_ref, &class.credentials_secret_ref]
         .into_iter()
         .flatten()
@@ -42,24 +42,20 @@ pub async fn load(client: &Client, namespace: &str, class: &MachineClass) -> Res
             );
             continue;
         }
-        match api.get_opt(name).await.map_err(|source| Error::Kube {
-            action: "get Secret",
-            source,
-        })? {
-            Some(secret) => datas.push(
-                secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(key, value)| (key, value.0)),
-            ),
+        match caches.secret(name) {
+            Some(secret) => found.push(secret),
             None => tracing::warn!(
                 secret = name,
                 "Secret referenced by the MachineClass not found"
             ),
         }
     }
-    Ok(SecretData::merge(datas))
+    SecretData::merge(found.iter().map(|s| {
+        s.data
+            .iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), value.0.clone()))
+    }))
 }
 
 /// Names of the Secrets a class refers to in `namespace` (for mapping Secret events).

@@ -37,7 +37,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch},
 };
 use serde_json::json;
 use tokio::time::{Instant, sleep};
@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cmi::{Rpc, client::CmiClient};
 
-use super::context::Capabilities;
+use super::{context::Capabilities, field_manager};
 use mode::{EVICTION_RETRY_INTERVAL, Mode};
 use volumes::TrackedVolume;
 
@@ -120,7 +120,7 @@ pub async fn mark_terminating(target: &Client, node: &str, phase: &str) -> Resul
         "lastHeartbeatTime": now, "lastTransitionTime": now,
     }]}});
     match nodes
-        .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
+        .patch_status(node, &field_manager::patch(), &Patch::Strategic(patch))
         .await
     {
         Ok(_) => Ok(()),
@@ -238,7 +238,7 @@ impl Drain<'_> {
         match nodes
             .patch(
                 &self.node,
-                &PatchParams::default(),
+                &field_manager::patch(),
                 &Patch::Merge(json!({"spec": {"unschedulable": true}})),
             )
             .await
@@ -251,7 +251,7 @@ impl Drain<'_> {
 
     async fn evict(&self, pod: &Pod) -> Result<(), kube::Error> {
         let api: Api<Pod> = Api::namespaced(self.target.clone(), pod_ns(pod));
-        api.evict(pod_name(pod), &EvictParams::default())
+        api.evict(pod_name(pod), &field_manager::evict())
             .await
             .map(|_| ())
     }
