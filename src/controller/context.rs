@@ -17,6 +17,7 @@ use super::{
     caches::Caches,
     crd::{Machine, MachineClass},
     freeze::Freeze,
+    own_writes::OwnWrites,
     permit::Permits,
     status::RetryPeriods,
 };
@@ -95,6 +96,8 @@ pub struct Context {
     pub caches: Caches,
     /// Work for the Machine and MachineClass controllers.
     pub queues: Queues,
+    /// Our Machine writes the Machine cache has not shown yet.
+    pub own_writes: OwnWrites,
 }
 
 /// The Machine and MachineClass controllers' queues, for work one hands the other, as MCM's

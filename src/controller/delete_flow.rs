@@ -285,7 +285,10 @@ async fn write(m: &Machine, ctx: &Context, update: &StatusUpdate) -> Result<Opti
         )
         .await
     {
-        Ok(updated) => Ok(Some(updated)),
+        Ok(updated) => {
+            ctx.own_writes.wrote(&updated.metadata);
+            Ok(Some(updated))
+        }
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(Error::kube("patch Machine status")(e)),
     }

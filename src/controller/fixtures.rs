@@ -172,6 +172,7 @@ pub fn context_queued(client: Client, caches: Caches) -> (Arc<Context>, Enqueued
         safety: Default::default(),
         caches,
         queues: Queues::new(machines, classes),
+        own_writes: Default::default(),
     });
     let enqueued = Enqueued {
         machines: machines_rx,

@@ -185,7 +185,8 @@ async fn reset_unknown_machines(ctx: &Context) -> Result<usize> {
             )
             .await
         {
-            Ok(_) => {
+            Ok(written) => {
+                ctx.own_writes.wrote(&written.metadata);
                 reset += 1;
                 tracing::info!(machine = %m.name_any(), node = m.node_name(), provider_id = m.provider_id(), "health timeout reset after the API servers came back");
             }

@@ -51,7 +51,8 @@ use super::{
     crd::{DEFAULT_PRIORITY, Machine, MachineClass, NODE_LABEL, PRIORITY_ANNOTATION},
     delete_flow,
     error::{Error, Result, is_not_found},
-    field_manager, health, machine_metrics, node_sync, orphans, permit, secrets, similar,
+    field_manager, health, machine_metrics, node_sync, orphans, own_writes, permit, secrets,
+    similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 
@@ -83,6 +84,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Machine>>, ctx: Arc<Context>)
     if !ctx.caches.ready(&ctx.stop).await {
         // Stopping before the caches were filled: nothing was read, nothing is lost.
         return Ok(Action::await_change());
+    }
+    if ctx.own_writes.is_behind(&machine.metadata) {
+        // Queued again while the last reconcile wrote; acting on this older copy would redo
+        // that reconcile's work. The write's watch event brings the current copy.
+        tracing::debug!(machine = %machine.name_any(), "Machine cache behind our last write; waiting for it");
+        return Ok(Action::requeue(own_writes::RECHECK));
     }
     if machine.metadata.deletion_timestamp.is_some() {
         let result = delete_flow::run(&machine, &ctx).await;
@@ -149,7 +156,10 @@ pub(super) async fn write_finalizers(
         .patch(&m.name_any(), &field_manager::patch(), &Patch::Merge(patch))
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(written) => {
+            ctx.own_writes.wrote(&written.metadata);
+            Ok(true)
+        }
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(Error::kube(action)(e)),
     }
@@ -183,13 +193,15 @@ async fn patch_status(m: &Machine, ctx: &Context, update: &StatusUpdate) -> Resu
         return Ok(());
     }
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    api.patch_status(
-        &m.name_any(),
-        &field_manager::patch(),
-        &Patch::Merge(update.to_patch()),
-    )
-    .await
-    .map_err(Error::kube("patch Machine status"))?;
+    let written = api
+        .patch_status(
+            &m.name_any(),
+            &field_manager::patch(),
+            &Patch::Merge(update.to_patch()),
+        )
+        .await
+        .map_err(Error::kube("patch Machine status"))?;
+    ctx.own_writes.wrote(&written.metadata);
     if newly_out_of_range(m, update) {
         tracing::warn!(machine = %m.name_any(), "several devices back this Machine; triggering orphan collection");
         ctx.safety.collect_orphans.notify_one();
@@ -505,13 +517,15 @@ async fn persist_identity(
         return Ok(());
     }
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    api.patch(
-        &m.name_any(),
-        &field_manager::patch(),
-        &Patch::Merge(serde_json::Value::Object(patch)),
-    )
-    .await
-    .map_err(Error::kube("patch Machine"))?;
+    let written = api
+        .patch(
+            &m.name_any(),
+            &field_manager::patch(),
+            &Patch::Merge(serde_json::Value::Object(patch)),
+        )
+        .await
+        .map_err(Error::kube("patch Machine"))?;
+    ctx.own_writes.wrote(&written.metadata);
     Ok(())
 }
 
@@ -684,6 +698,41 @@ mod tests {
                                "creationTimestamp": Timestamp::now().to_string()}));
         let ctx = context_with(client, caches(vec![], vec![class], vec![secret], vec![]));
         reconcile(guard(m), ctx).await.unwrap();
+        mock.await.unwrap();
+    }
+
+    /// A Machine queued again while its create pass wrote is not acted on from the copy that
+    /// predates the write (no second create, no second status write, no call at all) until
+    /// the watch has brought the write back.
+    #[tokio::test]
+    async fn a_copy_older_than_our_last_write_waits_for_the_cache() {
+        let (class, secret) = class_and_secret();
+        let mut answer = machine(json!({"uid": "u1", "finalizers": [MACHINE_FINALIZER]}));
+        answer["metadata"]["resourceVersion"] = json!("2");
+        let (client, mock) = mock_client(vec![Call::new(
+            "PATCH",
+            format!("{MACHINES}/m/status?"),
+            200,
+            answer.clone(),
+        )]);
+        let ctx = context_with(client, caches(vec![], vec![class], vec![secret], vec![]));
+        let m = machine(json!({"uid": "u1", "finalizers": [MACHINE_FINALIZER],
+                               "creationTimestamp": Timestamp::now().to_string()}));
+        // The create fails (no driver) and its status is written: resourceVersion 1 → 2.
+        let action = reconcile(guard(m.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
+        // Run again from the cached copy at version 1: nothing is called (the mock takes no
+        // more requests, so a call would fail the reconcile).
+        let action = reconcile(guard(m.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(own_writes::RECHECK));
+        // Once the watch delivered version 2, an older copy no longer waits.
+        let meta = |v: serde_json::Value| {
+            serde_json::from_value::<Machine>(v)
+                .expect("Machine")
+                .metadata
+        };
+        ctx.own_writes.observed(&meta(answer));
+        assert!(!ctx.own_writes.is_behind(&meta(m)));
         mock.await.unwrap();
     }
 

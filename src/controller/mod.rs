@@ -37,6 +37,7 @@ pub mod node_finalizer;
 pub mod node_sync;
 pub mod node_template;
 pub mod orphans;
+pub mod own_writes;
 pub mod permit;
 pub mod rate_limit;
 pub mod secret_finalizer;
@@ -326,6 +327,7 @@ async fn run_with(
             node_store,
         ),
         queues: Queues::new(machine_queue, class_queue),
+        own_writes: Default::default(),
     });
 
     // One watch per kind, each filling its cache. Machines: the cache is the controller's
@@ -345,8 +347,15 @@ async fn run_with(
     )
     .inspect(move |event| {
         let Ok(event) = event else { return };
-        if matches!(event, watcher::Event::InitDone) {
-            events.caches.filled(Kind::Machines);
+        match event {
+            watcher::Event::InitDone => events.caches.filled(Kind::Machines),
+            watcher::Event::Apply(m) | watcher::Event::InitApply(m) => {
+                events.own_writes.observed(kube::Resource::meta(m));
+            }
+            watcher::Event::Delete(m) => {
+                events.own_writes.forget(kube::Resource::meta(m));
+            }
+            watcher::Event::Init => {}
         }
         let triggered = class_triggers.observe(event);
         // MCM's class queue hears of Machine adds and deletes.
