@@ -33,6 +33,7 @@ pub mod leader;
 pub mod machine;
 pub mod machine_class;
 pub mod machine_metrics;
+pub mod node_events;
 pub mod node_finalizer;
 pub mod node_sync;
 pub mod node_template;
@@ -54,8 +55,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     core::DeserializeGuard,
     runtime::{
-        Controller, WatchStreamExt, controller::Config as ControllerConfig, reflector,
-        reflector::ObjectRef, watcher,
+        Controller, WatchStreamExt, controller::Config as ControllerConfig, reflector, watcher,
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -389,19 +389,35 @@ async fn run_with(
         (Some(t), Some(writer)) => {
             let nodes: Api<Node> = Api::all(t.clone());
             let (store, events, filled) = (machine_store.clone(), ctx.clone(), ctx.clone());
+            let mut node_changes = node_events::NodeEvents::default();
             reflector(
                 writer,
                 watcher(nodes, watcher::Config::default()).modify(caches::trim_node),
             )
             .default_backoff()
             .inspect(move |e| filled_on_init(e, &filled.caches, Kind::Nodes))
-            .touched_objects()
             .take_until(stop.clone().cancelled_owned())
-            .for_each(move |node| {
-                if let Ok(node) = node {
-                    for m in machines_of_node(&store, &node.name_any()) {
-                        let ns = m.namespace.as_deref().unwrap_or(&events.config.namespace);
-                        events.queues.machine(&m.name, ns);
+            .for_each(move |event| {
+                let (node, deleted) = match &event {
+                    Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => (n, false),
+                    Ok(watcher::Event::Delete(n)) => (n, true),
+                    _ => return future::ready(()),
+                };
+                let machines = machines_of_node(&store, &node.name_any());
+                let mine: Vec<&Machine> =
+                    machines.iter().filter_map(|g| g.0.as_ref().ok()).collect();
+                let reconcile = if deleted {
+                    node_changes.deleted(node);
+                    true
+                } else {
+                    node_changes.changed(node, &mine)
+                };
+                if reconcile {
+                    for m in &mine {
+                        let ns = m
+                            .namespace()
+                            .unwrap_or_else(|| events.config.namespace.clone());
+                        events.queues.machine(&m.name_any(), &ns);
                     }
                 }
                 future::ready(())
@@ -498,12 +514,11 @@ fn filled_on_init<K>(event: &watcher::Result<watcher::Event<K>>, caches: &Caches
 fn machines_of_node(
     machines: &reflector::Store<DeserializeGuard<Machine>>,
     node: &str,
-) -> Vec<ObjectRef<DeserializeGuard<Machine>>> {
+) -> Vec<Arc<DeserializeGuard<Machine>>> {
     machines
         .state()
-        .iter()
+        .into_iter()
         .filter(|g| g.0.as_ref().is_ok_and(|m| m.node_name() == Some(node)))
-        .map(|g| ObjectRef::from_obj(g.as_ref()))
         .collect()
 }
 
