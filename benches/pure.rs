@@ -9,11 +9,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use metal_driver::metal::DeviceCreateInput;
 use metal_driver::metal::types::DeviceList;
 use metal_driver::provider::spec::ProviderSpec;
 use metal_driver::provider_id::ProviderId;
 use metal_driver::sim::{self, DEFAULT_PROJECT, DEFAULT_TOKEN, SimArgs};
+use metal_driver::testkit::fixture;
 
 /// A providerSpec as Gardener's Equinix Metal extension emits it for a worker pool.
 const SPEC: &str = r#"{
@@ -97,20 +97,10 @@ fn device_page() -> Vec<u8> {
         for i in 0..1000 {
             sim.create_device_direct(
                 DEFAULT_PROJECT,
-                DeviceCreateInput {
-                    metro: Some("sv".into()),
-                    plan: "c3.small.x86".into(),
-                    operating_system: "ubuntu_22_04".into(),
-                    hostname: Some(format!("shoot--garden--bench-cpu-worker-z1-{i:05}")),
-                    tags: vec![
-                        "kubernetes.io/cluster/shoot--garden--bench".into(),
-                        "kubernetes.io/role/node".into(),
-                        format!(
-                            "machine.sapcloud.io/name:shoot--garden--bench-cpu-worker-z1-{i:05}"
-                        ),
-                    ],
-                    ..Default::default()
-                },
+                fixture::machine_device(
+                    &format!("shoot--garden--bench-cpu-worker-z1-{i:05}"),
+                    "kubernetes.io/cluster/shoot--garden--bench",
+                ),
             );
         }
         let url = format!(

@@ -3,10 +3,7 @@
 //! create → status (until active) → list → shutdown → delete over real gRPC, printing each
 //! step with its timing. Exits non-zero if any step does not do what it should.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tonic::Code;
 
@@ -14,12 +11,11 @@ use crate::{
     cmi::{calls::MachineRef, client::CmiClient},
     metal::DeviceState,
     sim::{self, SimArgs},
-    testkit::Stack,
+    testkit::{Stack, fixture},
 };
 
-/// The simulator's default project and token, which the demo's MachineClass uses.
-pub const DEMO_PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
-pub const DEMO_TOKEN: &str = "sim-token";
+/// The demo MachineClass's cluster tag (the kit's class, in a shoot of its own).
+const DEMO_CLUSTER_TAG: &str = "kubernetes.io/cluster/shoot--dev--demo";
 
 /// Flags of `metal-driver demo`.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,31 +40,6 @@ fn fail(step: &'static str, reason: impl ToString) -> DemoError {
         step,
         reason: reason.to_string(),
     }
-}
-
-/// The providerSpec of the demo MachineClass, as the Gardener extension would emit it.
-pub fn demo_provider_spec() -> Vec<u8> {
-    serde_json::json!({
-        "projectID": DEMO_PROJECT,
-        "metro": "sv",
-        "machineType": "c3.small.x86",
-        "OS": "ubuntu_22_04",
-        "billingCycle": "hourly",
-        "tags": ["kubernetes.io/cluster/shoot--dev--demo", "kubernetes.io/role/node"],
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// The merged Secret data of the demo MachineClass.
-pub fn demo_secrets() -> HashMap<String, Vec<u8>> {
-    HashMap::from([
-        ("apiToken".to_owned(), DEMO_TOKEN.as_bytes().to_vec()),
-        (
-            "userData".to_owned(),
-            b"#cloud-config\nhostname: demo\n".to_vec(),
-        ),
-    ])
 }
 
 struct Steps {
@@ -121,8 +92,8 @@ async fn drive(
     sim: &sim::SimHandle,
     name: &str,
 ) -> Result<(), DemoError> {
-    let spec = demo_provider_spec();
-    let secrets = demo_secrets();
+    let spec = fixture::provider_spec_bytes(DEMO_CLUSTER_TAG);
+    let secrets = fixture::secret_data("demo");
     let machine = MachineRef::new(name, &spec, &secrets);
 
     let t = Instant::now();

@@ -246,7 +246,7 @@ async fn malformed_provider_id_is_invalid_argument() {
 async fn api_rejections_keep_their_codes() {
     let other_project = "5d1ef2a4-0000-4000-8000-000000000002";
     let mut args = SimArgs::for_tests();
-    args.projects = vec![PROJECT.parse().unwrap(), other_project.parse().unwrap()];
+    args.projects = vec![PROJECT, other_project.parse().unwrap()];
     args.tokens = vec![
         "sim-token".parse().unwrap(),
         format!("narrow-token:{other_project}").parse().unwrap(),

@@ -1,22 +1,8 @@
 //! ListMachines sees every device, on every page, and nothing of another cluster.
 
-use metal_driver::{
-    metal::{DeviceCreateInput, Operation},
-    sim::SimArgs,
-};
+use metal_driver::{metal::Operation, sim::SimArgs, testkit::fixture::device};
 
 use crate::support::{CLUSTER_TAG, Env, PROJECT, ROLE_TAG, secrets, spec};
-
-fn device(hostname: String, tags: Vec<String>) -> DeviceCreateInput {
-    DeviceCreateInput {
-        metro: Some("sv".into()),
-        plan: "c3.small.x86".into(),
-        operating_system: "ubuntu_22_04".into(),
-        hostname: Some(hostname),
-        tags,
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn list_machines_pages_through_thousands_of_devices() {
@@ -24,27 +10,27 @@ async fn list_machines_pages_through_thousands_of_devices() {
     // A server that caps pages below what we ask for must not hide devices.
     args.per_page_max = 500;
     let env = Env::with(args, |_| {}).await;
-    let project = PROJECT.parse().unwrap();
+    let project = PROJECT;
     let ours = 1_300;
     for i in 0..ours {
         env.sim.create_device_direct(
             project,
             device(
-                format!("ours-{i:04}"),
+                &format!("ours-{i:04}"),
                 vec![CLUSTER_TAG.into(), ROLE_TAG.into()],
             ),
         );
         env.sim.create_device_direct(
             project,
             device(
-                format!("theirs-{i:04}"),
+                &format!("theirs-{i:04}"),
                 vec!["kubernetes.io/cluster/shoot--other".into(), ROLE_TAG.into()],
             ),
         );
     }
     // Made by another tool with our cluster tag but without a role tag: not a node of ours.
     env.sim
-        .create_device_direct(project, device("bastion".into(), vec![CLUSTER_TAG.into()]));
+        .create_device_direct(project, device("bastion", vec![CLUSTER_TAG.into()]));
     assert_eq!(env.sim.devices().len(), 2 * ours + 1);
 
     let list = env.list(&spec(), &secrets()).await.expect("list");

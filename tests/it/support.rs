@@ -11,15 +11,15 @@ use metal_driver::{
     metal::{Operation, client::ClientConfig},
     provider_id::ProviderId,
     sim::{SimArgs, SimHandle},
-    testkit::Stack,
+    testkit::{Stack, fixture},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub const PROJECT: &str = "5d1ef2a4-0000-4000-8000-000000000001";
-pub const TOKEN: &str = "sim-token";
+pub use metal_driver::{sim::DEFAULT_PROJECT as PROJECT, testkit::fixture::ROLE_TAG};
+
+/// The tests' cluster: the kit's class carries it (see [`spec`]).
 pub const CLUSTER_TAG: &str = "kubernetes.io/cluster/shoot--it--test";
-pub const ROLE_TAG: &str = "kubernetes.io/role/node";
 
 /// A running simulator + driver + client (the kit's stack, with the tests' calls on top).
 pub struct Env(Stack);
@@ -149,28 +149,18 @@ pub struct Parts {
     pub stop: CancellationToken,
 }
 
-/// A valid providerSpec, as Gardener emits it.
+/// A valid providerSpec, as Gardener emits it: the kit's class in the tests' cluster.
 pub fn spec() -> Value {
-    json!({
-        "projectID": PROJECT,
-        "metro": "sv",
-        "machineType": "c3.small.x86",
-        "OS": "ubuntu_22_04",
-        "billingCycle": "hourly",
-        "tags": [CLUSTER_TAG, ROLE_TAG],
-    })
+    fixture::provider_spec(CLUSTER_TAG)
 }
 
 /// Valid Secret data for the simulator's default token.
 pub fn secrets() -> HashMap<String, Vec<u8>> {
-    secrets_with(TOKEN, "#cloud-config\nhostname: it\n")
+    fixture::secret_data("it")
 }
 
 pub fn secrets_with(token: &str, user_data: &str) -> HashMap<String, Vec<u8>> {
-    HashMap::from([
-        ("apiToken".to_owned(), token.as_bytes().to_vec()),
-        ("userData".to_owned(), user_data.as_bytes().to_vec()),
-    ])
+    fixture::secret_data_with(token, user_data)
 }
 
 /// The UUID inside a ProviderID the driver emitted, which must be in the form it emits

@@ -5,37 +5,20 @@ use std::time::Duration;
 
 use metal_driver::cmi::calls::{CallError, MachineRef};
 use metal_driver::cmi::client::CmiClient;
-use metal_driver::sim::{DEFAULT_PROJECT, DEFAULT_TOKEN};
-use serde_json::json;
+use metal_driver::testkit::fixture;
 
 use crate::stack::{Driver, Sim};
 
 pub(crate) const CLUSTER_TAG: &str = "kubernetes.io/cluster/shoot--garden--bench";
-pub(crate) const ROLE_TAG: &str = "kubernetes.io/role/node";
-pub(crate) const IDENTITY_PREFIX: &str = "machine.sapcloud.io/name:";
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The kit's class in the bench's cluster.
 pub(crate) fn spec_bytes() -> Vec<u8> {
-    json!({
-        "projectID": DEFAULT_PROJECT.to_string(),
-        "metro": "sv",
-        "machineType": "c3.small.x86",
-        "OS": "ubuntu_22_04",
-        "billingCycle": "hourly",
-        "tags": [CLUSTER_TAG, ROLE_TAG],
-    })
-    .to_string()
-    .into_bytes()
+    fixture::provider_spec_bytes(CLUSTER_TAG)
 }
 
 pub(crate) fn secrets() -> HashMap<String, Vec<u8>> {
-    HashMap::from([
-        ("apiToken".to_owned(), DEFAULT_TOKEN.as_bytes().to_vec()),
-        (
-            "userData".to_owned(),
-            b"#cloud-config\nhostname: bench\n".to_vec(),
-        ),
-    ])
+    fixture::secret_data("bench")
 }
 
 pub(crate) async fn connect(driver: &Driver) -> CmiClient {

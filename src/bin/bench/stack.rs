@@ -5,13 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use metal_driver::metal::DeviceCreateInput;
 use metal_driver::sim::{self, DEFAULT_PROJECT, SimArgs, SimHandle};
-use metal_driver::testkit::{child::Child, proc};
+use metal_driver::testkit::{child::Child, fixture, proc};
 use tokio::runtime::{Handle, Runtime};
 
 use crate::Ctx;
-use crate::calls::{IDENTITY_PREFIX, ROLE_TAG};
 
 pub(crate) struct Sim {
     pub(crate) rt: Runtime,
@@ -54,7 +52,7 @@ impl Sim {
         for i in 0..n {
             let name = format!("{prefix}-{i:05}");
             self.handle()
-                .create_device_direct(DEFAULT_PROJECT, device_input(&name, cluster_tag));
+                .create_device_direct(DEFAULT_PROJECT, fixture::machine_device(&name, cluster_tag));
         }
     }
 }
@@ -64,22 +62,6 @@ impl Drop for Sim {
         if let Some(handle) = self.handle.take() {
             self.rt.block_on(handle.shutdown());
         }
-    }
-}
-
-pub(crate) fn device_input(name: &str, cluster_tag: &str) -> DeviceCreateInput {
-    DeviceCreateInput {
-        metro: Some("sv".into()),
-        plan: "c3.small.x86".into(),
-        operating_system: "ubuntu_22_04".into(),
-        hostname: Some(name.to_owned()),
-        billing_cycle: Some(metal_driver::metal::BillingCycle::Hourly),
-        tags: vec![
-            cluster_tag.to_owned(),
-            ROLE_TAG.to_owned(),
-            format!("{IDENTITY_PREFIX}{name}"),
-        ],
-        ..Default::default()
     }
 }
 

@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 
 use metal_driver::metal::Operation;
 use metal_driver::sim::{DEFAULT_PROJECT, Fault, SimArgs};
+use metal_driver::testkit::fixture;
 
 use crate::Ctx;
 use crate::calls::{BenchMachine, CLUSTER_TAG, connect, create, list, outcome};
 use crate::report::Report;
-use crate::stack::{Driver, Sim, device_input};
+use crate::stack::{Driver, Sim};
 
 pub(crate) fn api_calls(ctx: &Ctx, report: &mut Report) {
     report.section("3. Metal API requests per RPC (counted by the simulator)");
@@ -115,8 +116,10 @@ pub(crate) fn api_calls(ctx: &Ctx, report: &mut Report) {
         for &n in sizes {
             for i in have..n {
                 let name = format!("bench-list-{i:05}");
-                sim.handle()
-                    .create_device_direct(DEFAULT_PROJECT, device_input(&name, CLUSTER_TAG));
+                sim.handle().create_device_direct(
+                    DEFAULT_PROJECT,
+                    fixture::machine_device(&name, CLUSTER_TAG),
+                );
             }
             have = n;
             let b = sim.requests();
