@@ -341,6 +341,23 @@ impl Chaos {
         self.tally.incidents.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Runs the incidents in order in a task: the pool up (within two minutes, else the
+    /// incidents are skipped), the target API-server outage, the meltdown, the control
+    /// API-server outage, and the pool settling again.
+    pub fn spawn_incidents(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let chaos = self.clone();
+        tokio::spawn(async move {
+            if !chaos.start(stop, Duration::from_secs(120)).await {
+                println!("soak: chaos: the pool never became Running; incidents skipped");
+                return;
+            }
+            chaos.outage().await;
+            chaos.meltdown().await;
+            chaos.control_outage().await;
+            chaos.settle(Duration::from_secs(120)).await;
+        })
+    }
+
     /// Incident 1: pool NotReady, then the target API server gone past freeze + health
     /// timeout, then back.
     pub async fn outage(&self) {

@@ -30,8 +30,13 @@ use kube::{
 };
 use metal_driver::controller::crd::{ClassSpec, Machine, MachineClass, MachineSpec};
 
-use crate::ids::IdsByMachine;
 use serde_json::Value;
+use tokio::{
+    sync::Semaphore,
+    task::{JoinHandle, JoinSet},
+};
+
+use crate::ids::IdsByMachine;
 
 /// How long a lane machine may take to reach Running, and to be released after delete.
 /// Generous: faults, driver restarts and controller restarts (a SIGKILL'd leader's Lease
@@ -305,6 +310,36 @@ impl Lane {
             || format!("{name}: still present {{secs}} s after delete"),
         );
         self.tally.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The lane's load: Machines `ctl-00000`, `ctl-00001`, … keep starting, `concurrency` at
+    /// once, until `run_until`; the task ends when the last one has finished.
+    pub fn spawn_load(&self, concurrency: usize, run_until: Instant) -> JoinHandle<()> {
+        let lane = self.clone();
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(concurrency));
+            let mut tasks = JoinSet::new();
+            let mut next = 0u64;
+            while Instant::now() < run_until {
+                let Ok(Ok(permit)) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    permits.clone().acquire_owned(),
+                )
+                .await
+                else {
+                    continue;
+                };
+                let name = format!("ctl-{next:05}");
+                next += 1;
+                let lane = lane.clone();
+                tasks.spawn(async move {
+                    lane.machine(name).await;
+                    drop(permit);
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        })
     }
 
     /// Machines still in the namespace (all should be gone at the end).

@@ -127,4 +127,31 @@ impl Supervised {
     pub fn slowest_term_exit(&self) -> Option<Duration> {
         self.term_exit.iter().max().copied()
     }
+
+    /// What happened to this role over the run (read after its last stop).
+    pub fn history(&self) -> History {
+        History {
+            runs: self.runs,
+            sigkills: self.sigkills,
+            sigterms: self.sigterms,
+            bad_exits: self.bad_exits.clone(),
+            slowest_term_exit: self.slowest_term_exit(),
+            self_exits: self.self_exits.clone(),
+            panics: self.panics(),
+        }
+    }
+}
+
+/// What happened to a supervised role over the run, for the checks and the report.
+pub struct History {
+    pub runs: u32,
+    pub sigkills: u32,
+    pub sigterms: u32,
+    /// SIGTERM'd runs that did not exit 0 (see [`Supervised::bad_exits`]).
+    pub bad_exits: Vec<String>,
+    pub slowest_term_exit: Option<Duration>,
+    /// Runs that exited on their own and were restarted.
+    pub self_exits: Vec<String>,
+    /// Runs whose log mentions a panic.
+    pub panics: Vec<String>,
 }
