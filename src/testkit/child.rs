@@ -4,7 +4,7 @@
 //! run the real binary this way, so its memory, CPU and shutdown are the deployed ones.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     time::{Duration, Instant},
 };
@@ -13,6 +13,16 @@ use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Command,
 };
+
+/// The `metal-driver` binary next to the running one (cargo builds every binary of the
+/// crate into one directory), or `metal-driver` on the `PATH` when there is none: the
+/// default driver of the bench and the soak.
+pub fn sibling_driver_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("metal-driver")))
+        .unwrap_or_else(|| PathBuf::from("metal-driver"))
+}
 
 /// A running child that has said where it listens.
 pub struct Child {

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use metal_driver::testkit::child::sibling_driver_bin;
 use tokio::runtime::Runtime;
 
 mod calls;
@@ -64,12 +65,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let driver_bin = args.driver.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("metal-driver")))
-            .unwrap_or_else(|| PathBuf::from("metal-driver"))
-    });
+    let driver_bin = args.driver.clone().unwrap_or_else(sibling_driver_bin);
     if !driver_bin.is_file() {
         eprintln!(
             "metal-driver-bench: driver binary {} not found (build it first)",

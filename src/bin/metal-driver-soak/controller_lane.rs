@@ -31,12 +31,9 @@ use kube::{
 use metal_driver::controller::crd::{ClassSpec, Machine, MachineClass, MachineSpec};
 
 use serde_json::Value;
-use tokio::{
-    sync::Semaphore,
-    task::{JoinHandle, JoinSet},
-};
+use tokio::task::JoinHandle;
 
-use crate::ids::IdsByMachine;
+use crate::{ids::IdsByMachine, starter::Starter};
 
 /// How long a lane machine may take to reach Running, and to be released after delete.
 /// Generous: faults, driver restarts and controller restarts (a SIGKILL'd leader's Lease
@@ -317,27 +314,14 @@ impl Lane {
     pub fn spawn_load(&self, concurrency: usize, run_until: Instant) -> JoinHandle<()> {
         let lane = self.clone();
         tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(concurrency));
-            let mut tasks = JoinSet::new();
-            let mut next = 0u64;
+            let mut starter = Starter::new("ctl", concurrency);
             while Instant::now() < run_until {
-                let Ok(Ok(permit)) = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    permits.clone().acquire_owned(),
-                )
-                .await
-                else {
-                    continue;
-                };
-                let name = format!("ctl-{next:05}");
-                next += 1;
                 let lane = lane.clone();
-                tasks.spawn(async move {
-                    lane.machine(name).await;
-                    drop(permit);
-                });
-                while tasks.try_join_next().is_some() {}
+                starter
+                    .start_next(|name| async move { lane.machine(name).await })
+                    .await;
             }
+            let mut tasks = starter.into_tasks();
             while tasks.join_next().await.is_some() {}
         })
     }

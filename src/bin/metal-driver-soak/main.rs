@@ -38,6 +38,7 @@
 //! - `stack`: the simulator with faults and the supervised driver on a private socket;
 //! - `driver_lane`: one machine's life over gRPC, and the lister (with `tally`, its counters
 //!   and the run's anomalies, and `ids`, every ProviderID seen per machine);
+//! - `starter`: how both lanes start their machines, so many at once;
 //! - `restart`: the periodic SIGKILL/SIGTERM restarter and the self-exit watchdog;
 //! - `controller_stack`: the controller lane's processes and tasks, started and drained
 //!   (`controller_lane`: one Machine's life; `chaos`: the incidents; `process`: a
@@ -56,7 +57,7 @@ use std::{
 use clap::Parser;
 use metal_driver::cmi::client::CmiClient;
 use rand::Rng;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::task::JoinSet;
 
 use crate::{
     args::Args,
@@ -66,6 +67,7 @@ use crate::{
     report::report,
     restart::{restart_loop, stop_restarter},
     stack::Stack,
+    starter::Starter,
     tally::Tally,
 };
 
@@ -80,6 +82,7 @@ mod process;
 mod report;
 mod restart;
 mod stack;
+mod starter;
 mod tally;
 
 /// The run's instants, shared by every phase: progress lines count from `started`, new
@@ -204,7 +207,7 @@ async fn run(args: Args) -> Result<bool, String> {
         controller_stack.as_ref(),
         timeline,
     )
-    .await?;
+    .await;
     println!(
         "soak: [{:>5.0}s] no new machines; draining",
         timeline.elapsed_s()
@@ -265,29 +268,22 @@ async fn load(
     stack: &Stack,
     controller_stack: Option<&ControllerStack>,
     timeline: Timeline,
-) -> Result<JoinSet<()>, String> {
-    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    let mut next = 0u64;
+) -> JoinSet<()> {
+    let mut starter = Starter::new("soak", args.concurrency.max(1));
     let mut last_report = Instant::now();
     while Instant::now() < timeline.run_until
-        && (args.max_machines == 0 || next < args.max_machines)
+        && (args.max_machines == 0 || starter.started() < args.max_machines)
     {
-        let Ok(permit) =
-            tokio::time::timeout(Duration::from_millis(500), permits.clone().acquire_owned()).await
-        else {
+        let started = starter
+            .start_next(|name| {
+                lane.tally.machines_started.fetch_add(1, Ordering::Relaxed);
+                let worker = lane.clone();
+                async move { worker.machine(name).await }
+            })
+            .await;
+        if !started {
             continue;
-        };
-        let permit = permit.map_err(|e| e.to_string())?;
-        let name = format!("soak-{next:05}");
-        next += 1;
-        lane.tally.machines_started.fetch_add(1, Ordering::Relaxed);
-        let worker = lane.clone();
-        tasks.spawn(async move {
-            worker.machine(name).await;
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
+        }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
             let lane_progress = controller_stack.map_or(String::new(), ControllerStack::progress);
@@ -301,5 +297,5 @@ async fn load(
             );
         }
     }
-    Ok(tasks)
+    starter.into_tasks()
 }

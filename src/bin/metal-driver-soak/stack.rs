@@ -12,6 +12,7 @@ use std::{
 use metal_driver::{
     metal::Device,
     sim::{self, SimArgs, SimHandle, SimStats},
+    testkit::child::sibling_driver_bin,
 };
 use tokio::sync::Mutex;
 
@@ -60,7 +61,7 @@ impl Stack {
             .map_err(|e| format!("simulator: {e}"))?;
 
         let endpoint = format!("unix://{}", socket.display());
-        let driver_bin = args.driver_bin.clone().unwrap_or_else(default_driver_bin);
+        let driver_bin = args.driver_bin.clone().unwrap_or_else(sibling_driver_bin);
         let mut driver = Supervised::new(
             "driver",
             driver_bin.clone(),
@@ -146,12 +147,4 @@ fn private_socket(out_dir: &Path) -> Result<PathBuf, String> {
     std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| e.to_string())?;
     Ok(sock_dir.join("cmi.sock"))
-}
-
-/// `metal-driver` next to this binary (cargo builds both into one directory).
-fn default_driver_bin() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("metal-driver")))
-        .unwrap_or_else(|| PathBuf::from("metal-driver"))
 }
