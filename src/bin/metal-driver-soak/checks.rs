@@ -215,3 +215,100 @@ fn lane_checks(o: &LaneOutcome) -> Vec<Check> {
     ));
     checks
 }
+
+#[cfg(test)]
+mod tests {
+    use metal_driver::sim::SimStats;
+
+    use super::*;
+    use crate::process::History;
+
+    /// A driver-lane run of three machines where everything held.
+    fn clean() -> Outcome {
+        let figures = Figures {
+            machines_started: 3,
+            machines_created: 3,
+            machines_done: 3,
+            concurrent_creates: 1,
+            multi: Vec::new(),
+            distinct_provider_ids: 3,
+            rpc_started: 12,
+            rpc_answered: 12,
+            rpc_hung: 0,
+            outcomes: Default::default(),
+            anomalies: Vec::new(),
+            lists: 2,
+            list_unknown: 0,
+            list_foreign_device: 0,
+        };
+        let stats = SimStats {
+            requests: [("createDevice".to_owned(), 20)].into(),
+            faults: [("429".to_owned(), 4)].into(),
+            devices_created: 3,
+            ..Default::default()
+        };
+        let driver = History {
+            runs: 2,
+            sigkills: 1,
+            sigterms: 1,
+            bad_exits: Vec::new(),
+            slowest_term_exit: None,
+            self_exits: Vec::new(),
+            panics: Vec::new(),
+        };
+        Outcome {
+            seed: 7,
+            figures,
+            stack: StackOutcome {
+                stats,
+                leftover: Vec::new(),
+                driver,
+            },
+            final_list: 0,
+            lane: None,
+        }
+    }
+
+    fn failed(o: &Outcome) -> Vec<&'static str> {
+        checks(o)
+            .into_iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_run_passes_every_driver_check() {
+        let o = clean();
+        assert_eq!(checks(&o).len(), 9);
+        assert_eq!(failed(&o), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_second_device_fails_exactly_one_device_per_machine() {
+        let mut o = clean();
+        o.stack.stats.devices_created = 4;
+        assert_eq!(failed(&o), ["exactly one device per machine"]);
+    }
+
+    #[test]
+    fn a_failed_final_list_fails_zero_devices_left() {
+        let mut o = clean();
+        o.final_list = usize::MAX;
+        assert_eq!(failed(&o), ["zero devices left after deletes"]);
+    }
+
+    #[test]
+    fn a_hung_rpc_and_a_bad_sigterm_exit_fail_their_checks() {
+        let mut o = clean();
+        o.figures.rpc_hung = 1;
+        o.stack
+            .driver
+            .bad_exits
+            .push("run 2: exit status: 1".into());
+        assert_eq!(
+            failed(&o),
+            ["every RPC got a final answer", "SIGTERM'd drivers exit 0"]
+        );
+    }
+}

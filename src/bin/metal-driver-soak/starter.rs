@@ -59,3 +59,29 @@ impl Starter {
         self.tasks
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn machines_are_named_in_order_and_counted() {
+        let names = Arc::new(Mutex::new(Vec::new()));
+        let mut starter = Starter::new("t", 3);
+        for _ in 0..3 {
+            let names = names.clone();
+            let started = starter
+                .start_next(|name| async move { names.lock().unwrap().push(name) })
+                .await;
+            assert!(started);
+        }
+        assert_eq!(starter.started(), 3);
+        let mut tasks = starter.into_tasks();
+        while tasks.join_next().await.is_some() {}
+        let mut names = names.lock().unwrap().clone();
+        names.sort();
+        assert_eq!(names, ["t-00000", "t-00001", "t-00002"]);
+    }
+}
