@@ -3,7 +3,7 @@
 //! A pool of Machines of one MachineDeployment (label `name=soak-pool`) stays up for the
 //! whole run; the soak plays both their kubelets (it writes their Nodes and Ready
 //! conditions, nothing else does) and a MachineSet that replaces a Failed pool Machine once
-//! an incident is over. Then, once each, in this order:
+//! an incident is over. Then, in rounds until the run's time is up (at least one), in this order:
 //!
 //! 1. **Network incident with the shoot API server gone**: every pool Node reports NotReady
 //!    until the pool is Unknown, then the target API server is stopped for longer than the
@@ -62,8 +62,8 @@ const TICK: Duration = Duration::from_millis(500);
 pub struct ChaosTally {
     /// Most pool Machines Failed at one sample during the NotReady incident.
     pub max_failed_in_meltdown: AtomicU64,
-    /// Pool Machines Failed at the end of the NotReady incident.
-    pub failed_at_meltdown_end: AtomicU64,
+    /// Pool Machines Failed at the end of each NotReady incident, in order.
+    pub failed_at_meltdown_ends: Mutex<Vec<u64>>,
     /// Pool Machines seen Failed during the API-server incident.
     pub failed_in_outage: AtomicU64,
     /// Whether the frozen gauge was seen at 1 during the outage.
@@ -72,11 +72,13 @@ pub struct ChaosTally {
     pub replaced: AtomicU64,
     /// Incidents completed.
     pub incidents: AtomicU64,
-    /// Whether the pool was back at full size and Running after the incidents.
+    /// Rounds of the three incidents completed (each ends with the pool settled again).
+    pub rounds: AtomicU64,
+    /// Whether the pool was back at full size and Running after every round.
     pub recovered: AtomicBool,
     /// What went wrong in the chaos machinery itself.
     pub errors: Mutex<Vec<String>>,
-    /// Seconds each incident took.
+    /// Seconds each kind of incident took at most.
     pub durations: Mutex<BTreeMap<String, f64>>,
 }
 
@@ -333,28 +335,47 @@ impl Chaos {
     fn done(&self, what: &str, since: Instant) {
         let secs = since.elapsed().as_secs_f64();
         println!("soak: chaos: {what} over after {secs:.0} s");
-        self.tally
-            .durations
-            .lock()
-            .unwrap()
-            .insert(what.to_owned(), secs);
+        let mut durations = self.tally.durations.lock().unwrap();
+        let longest = durations.entry(what.to_owned()).or_default();
+        *longest = longest.max(secs);
+        drop(durations);
         self.tally.incidents.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Runs the incidents in order in a task: the pool up (within two minutes, else the
-    /// incidents are skipped), the target API-server outage, the meltdown, the control
-    /// API-server outage, and the pool settling again.
-    pub fn spawn_incidents(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// Runs the incidents in a task: the pool up (within two minutes, else the incidents
+    /// are skipped), then rounds of the target API-server outage, the meltdown, the control
+    /// API-server outage and the pool settling again. A round always runs; another starts
+    /// while one more (as long as the longest so far) still ends before `run_until`, so a
+    /// long soak lives through the incidents again and again, with whatever the earlier
+    /// rounds left behind (replaced Machines, restarted controllers, re-listed caches).
+    pub fn spawn_incidents(
+        &self,
+        stop: CancellationToken,
+        run_until: Instant,
+    ) -> tokio::task::JoinHandle<()> {
         let chaos = self.clone();
         tokio::spawn(async move {
             if !chaos.start(stop, Duration::from_secs(120)).await {
                 println!("soak: chaos: the pool never became Running; incidents skipped");
                 return;
             }
-            chaos.outage().await;
-            chaos.meltdown().await;
-            chaos.control_outage().await;
-            chaos.settle(Duration::from_secs(120)).await;
+            let mut longest = Duration::ZERO;
+            loop {
+                let round = Instant::now();
+                chaos.outage().await;
+                chaos.meltdown().await;
+                chaos.control_outage().await;
+                let settled = chaos.settle(Duration::from_secs(120)).await;
+                let n = chaos.tally.rounds.fetch_add(1, Ordering::Relaxed) + 1;
+                longest = longest.max(round.elapsed());
+                println!(
+                    "soak: chaos: round {n} over after {:.0} s",
+                    round.elapsed().as_secs_f64()
+                );
+                if !settled || Instant::now() + longest >= run_until {
+                    break;
+                }
+            }
         })
     }
 
@@ -421,8 +442,10 @@ impl Chaos {
         .await;
         let at_end = self.failed_in_pool().await.unwrap_or(0);
         self.tally
-            .failed_at_meltdown_end
-            .store(at_end, Ordering::Relaxed);
+            .failed_at_meltdown_ends
+            .lock()
+            .unwrap()
+            .push(at_end);
         self.incident.not_ready.store(false, Ordering::Relaxed);
         self.incident
             .hold_replacements
@@ -441,16 +464,20 @@ impl Chaos {
         self.done("control API server outage", t);
     }
 
-    /// After the incidents: the pool back at full size and Running.
-    pub async fn settle(&self, within: Duration) {
+    /// After a round of incidents: the pool back at full size and Running. `recovered`
+    /// stays true only while every round recovered.
+    pub async fn settle(&self, within: Duration) -> bool {
         let ok = self.wait_pool_running(within).await;
-        self.tally.recovered.store(ok, Ordering::Relaxed);
+        let first = self.tally.rounds.load(Ordering::Relaxed) == 0;
+        let all = ok && (first || self.tally.recovered.load(Ordering::Relaxed));
+        self.tally.recovered.store(all, Ordering::Relaxed);
         if !ok {
             self.error(format!(
                 "pool not back at {POOL_SIZE} Running Machines within {} s",
                 within.as_secs()
             ));
         }
+        ok
     }
 
     /// Deletes the pool and waits until it is released.

@@ -141,7 +141,7 @@ impl ControllerStack {
                 controller.clone(),
                 restarts_paused.clone(),
             );
-            let task = chaos.spawn_incidents(stop.clone());
+            let task = chaos.spawn_incidents(stop.clone(), timeline.run_until);
             Some((chaos, task))
         } else {
             None

@@ -137,11 +137,12 @@ fn lane_report(o: &LaneOutcome, lane_devices: u64) -> serde_json::Value {
         "self_exits": controller.self_exits,
         "chaos": o.chaos.as_ref().map(|c| json!({
             "max_failed_in_meltdown": c.max_failed_in_meltdown.load(Ordering::Relaxed),
-            "failed_at_meltdown_end": c.failed_at_meltdown_end.load(Ordering::Relaxed),
+            "failed_at_meltdown_ends": c.failed_at_meltdown_ends.lock().unwrap().clone(),
+            "rounds": c.rounds.load(Ordering::Relaxed),
             "failed_in_outage": c.failed_in_outage.load(Ordering::Relaxed),
             "froze": c.froze.load(Ordering::Relaxed),
             "replaced": c.replaced.load(Ordering::Relaxed),
-            "incidents_s": c.durations.lock().unwrap().clone(),
+            "longest_incidents_s": c.durations.lock().unwrap().clone(),
             "recovered": c.recovered.load(Ordering::Relaxed),
         })),
     })
