@@ -1,7 +1,10 @@
-//! A supervised `metal-driver` subprocess (`serve` or `controller`): spawned with its stderr
-//! in a log file, ready once it prints its `listening on <url>` line, stopped with SIGTERM
-//! and a bounded wait (a rolling update) or SIGKILL (a crash). The bench and the soak both
-//! run the real binary this way, so its memory, CPU and shutdown are the deployed ones.
+//! A supervised `metal-driver` subprocess (`serve`, `controller`, `sim` or the sidecar):
+//! spawned with its stderr in a log file, ready once it prints its `listening on <url>` line,
+//! signalled (`STOP`, `CONT`, ...), stopped with SIGTERM and a bounded wait (a rolling update)
+//! or SIGKILL (a crash). The bench, the soak and the controller e2e tests all run the real
+//! binary this way, so its memory, CPU and shutdown are the deployed ones. A peer that prints
+//! no such line (MCM's Go binaries in the e2e tests) is supervised the same way once spawned
+//! with [`Child::spawn_at`].
 
 use std::{
     path::{Path, PathBuf},
@@ -27,11 +30,13 @@ pub fn sibling_driver_bin() -> PathBuf {
 /// A running child that has said where it listens.
 pub struct Child {
     inner: tokio::process::Child,
+    /// What it is, as its spawner named it (for messages).
+    pub what: String,
     /// The URL of its `listening on` line (CMI endpoint or side port).
     pub url: String,
     /// When it was spawned.
     pub spawned_at: Instant,
-    /// Spawn → the `listening on` line.
+    /// Spawn → the `listening on` line (zero for a child from [`Child::spawn_at`]).
     pub listening_after: Duration,
 }
 
@@ -87,9 +92,41 @@ impl Child {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             inner,
+            what: what.to_owned(),
             url,
             spawned_at,
             listening_after,
+        })
+    }
+
+    /// Spawns `command`, a child that does not say where it listens, with stdin closed and
+    /// stdout and stderr both in `log`. `url` is where the caller told it to listen; whether
+    /// it answers there yet is the caller's to check.
+    pub fn spawn_at(
+        mut command: Command,
+        what: &str,
+        log: &Path,
+        url: String,
+    ) -> Result<Self, String> {
+        let log_file = std::fs::File::create(log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let stdout = log_file
+            .try_clone()
+            .map_err(|e| format!("cannot share {}: {e}", log.display()))?;
+        let spawned_at = Instant::now();
+        let inner = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the {what}: {e}"))?;
+        Ok(Self {
+            inner,
+            what: what.to_owned(),
+            url,
+            spawned_at,
+            listening_after: Duration::ZERO,
         })
     }
 
@@ -108,15 +145,21 @@ impl Child {
         let _ = self.inner.kill().await;
     }
 
-    /// SIGTERM, then waits up to `within` for it to exit; kills it if it does not.
-    pub async fn terminate(mut self, within: Duration) -> Terminated {
-        let asked = Instant::now();
+    /// Sends the signal named `signal` (`STOP`, `CONT`, `TERM`, ...); nothing once it has
+    /// been reaped.
+    pub async fn signal(&self, signal: &str) {
         if let Some(pid) = self.inner.id() {
             let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
+                .args([format!("-{signal}"), pid.to_string()])
                 .status()
                 .await;
         }
+    }
+
+    /// SIGTERM, then waits up to `within` for it to exit; kills it if it does not.
+    pub async fn terminate(mut self, within: Duration) -> Terminated {
+        let asked = Instant::now();
+        self.signal("TERM").await;
         match tokio::time::timeout(within, self.inner.wait()).await {
             Ok(Ok(status)) => Terminated::Exited(status, asked.elapsed()),
             Ok(Err(e)) => Terminated::WaitFailed(e),
@@ -151,6 +194,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(child.url, "tcp://127.0.0.1:1");
+        assert_eq!(child.what, "child");
         assert!(child.pid() > 0);
         match child.terminate(Duration::from_secs(30)).await {
             // `sleep` dies of the signal: an exit, but not a clean one.
@@ -171,5 +215,29 @@ mod tests {
             other.err().unwrap(),
             "unexpected first line from the child: hello"
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_spawned_at_a_url_logs_stdout_and_stderr_to_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("child.log");
+        let mut child = Child::spawn_at(
+            sh("echo out; echo err >&2"),
+            "peer",
+            &log,
+            "http://127.0.0.1:1".to_owned(),
+        )
+        .unwrap();
+        assert_eq!(child.url, "http://127.0.0.1:1");
+        assert_eq!(child.listening_after, Duration::ZERO);
+        // It exits by itself once it has written both lines.
+        let status = loop {
+            if let Some(status) = child.try_wait() {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(status.success(), "{status}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "out\nerr\n");
     }
 }

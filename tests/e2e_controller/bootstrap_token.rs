@@ -12,10 +12,13 @@ use serde_json::{Value, json};
 
 use crate::{
     stack::{Opts, with_temp_ns},
-    support::{MACHINE_NAME_LABEL, NODE_FINALIZER, apply_sample, eventually},
+    support::{
+        MACHINE_NAME_LABEL, NODE_FINALIZER, apply_sample, eventually, machine_gone,
+        machine_in_phase,
+    },
 };
 
-pub const CRITICAL_TAINT: &str = "node.gardener.cloud/critical-components-not-ready";
+const CRITICAL_TAINT: &str = "node.gardener.cloud/critical-components-not-ready";
 
 /// MCM's bootstrap token id: first 6 hex digits of the last 5 bytes of the machine name.
 pub fn token_id(machine: &str) -> String {
@@ -35,7 +38,7 @@ pub fn machine_name_for(ns: &str) -> String {
 
 /// The sample Secret with `userData` asking for a bootstrap token (raw placeholder) and the
 /// machine name in its URL-escaped form (as ignition carries it).
-pub async fn apply_secret_with_token_placeholder(client: &Client, ns: &str) {
+async fn apply_secret_with_token_placeholder(client: &Client, ns: &str) {
     apply_sample(client, ns, "secret.yaml", |s| {
         s["stringData"]["userData"] = json!(
             "#cloud-config\nwrite_files:\n- path: /var/lib/token\n  content: <<BOOTSTRAP_TOKEN>>\n\
@@ -253,21 +256,7 @@ async fn k_bootstrap_token_and_the_taint_hold_pending() {
             .await
             .expect("remove taint");
         let t = Instant::now();
-        let running = eventually(
-            "Running after the taint is gone",
-            Duration::from_secs(30),
-            || {
-                let (machines, name) = (machines.clone(), name.clone());
-                async move {
-                    machines
-                        .get(&name)
-                        .await
-                        .ok()
-                        .filter(|m| m.phase() == "Running")
-                }
-            },
-        )
-        .await;
+        let running = machine_in_phase(&machines, &name, "Running", Duration::from_secs(30)).await;
         let lo = running
             .status
             .as_ref()
@@ -297,11 +286,7 @@ async fn k_bootstrap_token_and_the_taint_hold_pending() {
             .delete(&name, &DeleteParams::default())
             .await
             .expect("delete machine");
-        eventually("Machine gone", Duration::from_secs(60), || {
-            let (machines, name) = (machines.clone(), name.clone());
-            async move { machines.get_opt(&name).await.ok()?.is_none().then_some(()) }
-        })
-        .await;
+        machine_gone(&machines, &name, Duration::from_secs(60)).await;
         let node = nodes
             .get(&name)
             .await
@@ -350,17 +335,7 @@ async fn l_no_bootstrap_token_without_a_target_cluster() {
         })
         .await;
         let machines = stack.machines();
-        eventually("Available", Duration::from_secs(60), || {
-            let (machines, name) = (machines.clone(), name.clone());
-            async move {
-                machines
-                    .get(&name)
-                    .await
-                    .ok()
-                    .filter(|m| m.phase() == "Available")
-            }
-        })
-        .await;
+        machine_in_phase(&machines, &name, "Available", Duration::from_secs(60)).await;
         let devices = stack.devices().await;
         let device = devices.values().next().expect("device");
         let user_data = user_data_of(device);

@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 
 use crate::{
     stack::{Opts, Stack, with_temp_ns},
-    support::{apply_class_and_secret, apply_sample, eventually, uuid_of},
+    support::{
+        apply_class_and_secret, apply_sample, eventually, machine_gone, uuid_of, wait_phase,
+    },
 };
 
 use futures::StreamExt;
@@ -36,12 +38,7 @@ pub async fn running_machine(stack: &Stack, label: &str, edit: impl FnOnce(&mut 
         edit(m);
     })
     .await;
-    let machines = stack.machines();
-    eventually("Machine Running", Duration::from_secs(90), || {
-        let (machines, name) = (machines.clone(), name.clone());
-        async move { (machines.get(&name).await.ok()?.phase() == "Running").then_some(()) }
-    })
-    .await;
+    wait_phase(stack, &name, "Running").await;
     name
 }
 
@@ -127,7 +124,7 @@ pub async fn pdb_status(
 }
 
 /// A VolumeAttachment of `pv` on `node`.
-pub async fn volume_attachment(client: &Client, name: &str, pv: &str, node: &str) {
+async fn volume_attachment(client: &Client, name: &str, pv: &str, node: &str) {
     let api: Api<VolumeAttachment> = Api::all(client.clone());
     let va: VolumeAttachment = serde_json::from_value(json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
@@ -141,12 +138,12 @@ pub async fn volume_attachment(client: &Client, name: &str, pv: &str, node: &str
         .expect("create volume attachment");
 }
 
-pub async fn pod_exists(client: &Client, ns: &str, name: &str) -> bool {
+async fn pod_exists(client: &Client, ns: &str, name: &str) -> bool {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.get_opt(name).await.expect("get pod").is_some()
 }
 
-pub async fn pod_terminating(client: &Client, ns: &str, name: &str) -> bool {
+async fn pod_terminating(client: &Client, ns: &str, name: &str) -> bool {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     pods.get_opt(name)
         .await
@@ -234,15 +231,6 @@ pub async fn last_operation(stack: &Stack, name: &str) -> (String, String) {
     (lo.state, lo.description)
 }
 
-pub async fn machine_gone(stack: &Stack, name: &str, timeout: Duration) {
-    let machines = stack.machines();
-    eventually("Machine gone", timeout, || {
-        let (machines, name) = (machines.clone(), name.to_owned());
-        async move { machines.get_opt(&name).await.ok()?.is_none().then_some(()) }
-    })
-    .await;
-}
-
 /// The position of the first recorded description containing `word`.
 pub fn position(ops: &[(String, String)], word: &str) -> usize {
     ops.iter()
@@ -303,7 +291,7 @@ async fn o_drain_waits_for_the_disruption_budget() {
 
         // One disruption allowed: the next retry evicts.
         pdb_status(&client, &ns, "web", 2, 2, 1).await;
-        machine_gone(&stack, &name, Duration::from_secs(90)).await;
+        machine_gone(&stack.machines(), &name, Duration::from_secs(90)).await;
         assert!(!stack.devices().await.contains_key(&device), "device still there");
         assert!(!pod_exists(&client, &ns, "web").await);
         assert!(pod_exists(&client, &ns, "agent").await, "DaemonSet pod was evicted");
@@ -354,7 +342,7 @@ async fn p_pods_with_claims_move_serially_by_priority() {
         running_pod(&client, &ns, "free", &name, json!({})).await;
         let (kubelet, mut evicted) = kubelet(&client, &ns);
         stack.machines().delete(&name, &DeleteParams::default()).await.expect("delete");
-        machine_gone(&stack, &name, Duration::from_secs(90)).await;
+        machine_gone(&stack.machines(), &name, Duration::from_secs(90)).await;
         let mut order = Vec::new();
         while let Ok(p) = evicted.try_recv() {
             order.push(p);
@@ -426,7 +414,7 @@ async fn q_force_deletion_label_deletes_pods_and_volume_attachments() {
             .delete(&name, &DeleteParams::default())
             .await
             .expect("delete");
-        machine_gone(&stack, &name, Duration::from_secs(60)).await;
+        machine_gone(&stack.machines(), &name, Duration::from_secs(60)).await;
         assert!(!pod_exists(&client, &ns, "web").await, "pod not deleted");
         let vas: Api<VolumeAttachment> = Api::all(client.clone());
         assert!(
@@ -504,7 +492,7 @@ async fn r_drain_timeout_forces_and_a_restart_resumes_mid_drain() {
             ("Processing", "Initiate node drain")
         );
         // Killed mid-drain; the successor resumes at the drain step.
-        stack.controller.as_mut().expect("controller").kill().await;
+        stack.kill_controller().await;
         assert!(stack.devices().await.contains_key(&device));
         tokio::time::sleep(Duration::from_secs(21)).await;
         assert!(
@@ -512,7 +500,7 @@ async fn r_drain_timeout_forces_and_a_restart_resumes_mid_drain() {
             "device deleted while no controller ran"
         );
         stack.start_controller().await;
-        machine_gone(&stack, &name, Duration::from_secs(90)).await;
+        machine_gone(&stack.machines(), &name, Duration::from_secs(90)).await;
         assert!(
             !pod_exists(&client, &ns, "stuck").await,
             "pod not force-deleted"

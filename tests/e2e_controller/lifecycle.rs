@@ -12,10 +12,10 @@ use metal_driver::controller::crd::MachineClass;
 use serde_json::json;
 
 use crate::{
-    stack::{Opts, assert_bijection, with_temp_ns},
+    stack::{Opts, assert_bijection, scrape, with_temp_ns},
     support::{
         CLUSTER_TAG, MACHINE_FINALIZER, ROLE_TAG, apply_class_and_secret, apply_sample, dyn_api,
-        eventually, managers, uuid_of,
+        eventually, machine_gone, machine_in_phase, managers, phases_until_running, uuid_of,
     },
 };
 
@@ -64,24 +64,7 @@ async fn a_machine_lifecycle_from_samples() {
             let machines = stack.machines();
 
             // Poll quickly and record every phase seen, to catch Pending before Running.
-            let mut phases = Vec::<String>::new();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let m = loop {
-                if let Ok(m) = machines.get(&machine_name).await {
-                    let p = m.phase().to_owned();
-                    if phases.last() != Some(&p) {
-                        phases.push(p.clone());
-                    }
-                    if p == "Running" {
-                        break m;
-                    }
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "Machine not Running within 60s; phases seen {phases:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
+            let (m, phases) = phases_until_running(&machines, &machine_name, "").await;
             assert!(
                 phases.contains(&"Pending".to_owned()),
                 "phases seen: {phases:?}"
@@ -141,19 +124,7 @@ async fn a_machine_lifecycle_from_samples() {
                     "{what} managedFields {found:?}"
                 );
             }
-            let metrics_url = format!(
-                "{}/metrics",
-                stack.controller.as_ref().expect("controller").url
-            );
-            let metrics = stack
-                .http
-                .get(&metrics_url)
-                .send()
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("text");
+            let metrics = scrape(&stack).await;
             assert!(
                 metrics
                     .contains("metal_driver_controller_reconciles_total{controller=\"machine\"}"),
@@ -165,12 +136,7 @@ async fn a_machine_lifecycle_from_samples() {
                 .delete(&machine_name, &DeleteParams::default())
                 .await
                 .expect("delete machine");
-            eventually("Machine gone", Duration::from_secs(60), || {
-                let machines = machines.clone();
-                let name = machine_name.clone();
-                async move { machines.get_opt(&name).await.ok()?.is_none().then_some(()) }
-            })
-            .await;
+            machine_gone(&machines, &machine_name, Duration::from_secs(60)).await;
             let s = &stack;
             eventually("device gone", Duration::from_secs(30), || async move {
                 s.devices().await.is_empty().then_some(())
@@ -345,7 +311,7 @@ async fn d_controller_killed_mid_create() {
             (stats["requests"]["createDevice"].as_u64().unwrap_or(0) >= 1).then_some(())
         })
         .await;
-        stack.controller.as_ref().expect("controller").signal("STOP");
+        stack.controller.as_ref().expect("controller").signal("STOP").await;
         let s = &stack;
         eventually("the in-flight creates committed", Duration::from_secs(30), || async move {
             let stats = s.sim_stats().await;
@@ -356,7 +322,7 @@ async fn d_controller_killed_mid_create() {
         .await;
         // Give the driver time to finish its answers, then crash the frozen controller.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        stack.controller.as_mut().expect("controller").kill().await;
+        stack.kill_controller().await;
         let machines = stack.machines().list(&Default::default()).await.expect("list").items;
         let without_id = machines.iter().filter(|m| m.provider_id().is_none()).count();
         let created = stack.sim_stats().await["devices_created"].as_u64().unwrap_or(0);
@@ -404,17 +370,12 @@ async fn e_bad_provider_spec_crash_loops() {
             m["metadata"]["name"] = json!(name)
         })
         .await;
-        let m = eventually("CrashLoopBackOff", Duration::from_secs(60), || {
-            let machines = stack.machines();
-            let name = name.clone();
-            async move {
-                machines
-                    .get(&name)
-                    .await
-                    .ok()
-                    .filter(|m| m.phase() == "CrashLoopBackOff")
-            }
-        })
+        let m = machine_in_phase(
+            &stack.machines(),
+            &name,
+            "CrashLoopBackOff",
+            Duration::from_secs(60),
+        )
         .await;
         let lo = m
             .status
@@ -448,16 +409,7 @@ async fn e_bad_provider_spec_crash_loops() {
             .expect("delete");
         let t = Instant::now();
         apply_sample(&client, &ns, "machine-class.yaml", |_| {}).await;
-        eventually(
-            "Machine released after the class is fixed",
-            Duration::from_secs(30),
-            || {
-                let machines = machines.clone();
-                let name = name.clone();
-                async move { machines.get_opt(&name).await.ok()?.is_none().then_some(()) }
-            },
-        )
-        .await;
+        machine_gone(&machines, &name, Duration::from_secs(30)).await;
         eprintln!(
             "e: deletion completed {:.1}s after the class was fixed",
             t.elapsed().as_secs_f64()
@@ -483,15 +435,7 @@ async fn f_node_health_drives_phases() {
         let name = format!("{ns}-m1");
         apply_sample(&client, &ns, "machine.yaml", |m| m["metadata"]["name"] = json!(name)).await;
         let machines = stack.machines();
-        let phase_is = |want: &'static str| {
-            let machines = machines.clone();
-            let name = name.clone();
-            move || {
-                let (machines, name) = (machines.clone(), name.clone());
-                async move { machines.get(&name).await.ok().filter(|m| m.phase() == want) }
-            }
-        };
-        eventually("Running", Duration::from_secs(60), phase_is("Running")).await;
+        machine_in_phase(&machines, &name, "Running", Duration::from_secs(60)).await;
         // The "kubelet" reports NotReady (the sim's registrar only refreshes every 10 s).
         let nodes: Api<Node> = Api::all(client.clone());
         let not_ready = json!({"status": {"conditions": [{
@@ -500,10 +444,10 @@ async fn f_node_health_drives_phases() {
         }]}});
         nodes.patch_status(&name, &PatchParams::default(), &Patch::Strategic(not_ready)).await.expect("NotReady");
         let t = Instant::now();
-        let unknown = eventually("Unknown", Duration::from_secs(30), phase_is("Unknown")).await;
+        let unknown = machine_in_phase(&machines, &name, "Unknown", Duration::from_secs(30)).await;
         let lo = unknown.status.as_ref().and_then(|s| s.last_operation.clone()).expect("lastOperation");
         assert_eq!(lo.type_, "HealthCheck");
-        let failed = eventually("Failed after the health timeout", Duration::from_secs(30), phase_is("Failed")).await;
+        let failed = machine_in_phase(&machines, &name, "Failed", Duration::from_secs(30)).await;
         let lo = failed.status.as_ref().and_then(|s| s.last_operation.clone()).expect("lastOperation");
         assert_eq!((lo.type_.as_str(), lo.state.as_str()), ("HealthCheck", "Failed"));
         eprintln!("f: Running → Unknown → Failed in {:.1}s (health timeout 4s)", t.elapsed().as_secs_f64());

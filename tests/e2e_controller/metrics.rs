@@ -6,12 +6,12 @@ use serde_json::json;
 
 use crate::{
     stack::{Opts, scrape, with_temp_ns},
-    support::{apply_class_and_secret, apply_sample, eventually},
+    support::{apply_class_and_secret, apply_sample, machine_gone, machine_in_phase},
 };
 
 /// Asserts `needle` is in `text`, printing the MCM part of `text` when it is not.
 #[track_caller]
-pub fn assert_series(text: &str, needle: &str) {
+fn assert_series(text: &str, needle: &str) {
     if !text.contains(needle) {
         let ours: Vec<&str> = text
             .lines()
@@ -41,18 +41,7 @@ async fn metrics_gardener_keeps_after_a_flow() {
         })
         .await;
         let machines = stack.machines();
-        let m = eventually("Machine Running", Duration::from_secs(90), || {
-            let machines = machines.clone();
-            let name = name.clone();
-            async move {
-                machines
-                    .get(&name)
-                    .await
-                    .ok()
-                    .filter(|m| m.phase() == "Running")
-            }
-        })
-        .await;
+        let m = machine_in_phase(&machines, &name, "Running", Duration::from_secs(90)).await;
         let pid = m.provider_id().expect("providerID").to_owned();
         let created = m
             .metadata
@@ -113,12 +102,7 @@ async fn metrics_gardener_keeps_after_a_flow() {
             .delete(&name, &Default::default())
             .await
             .expect("delete Machine");
-        eventually("Machine gone", Duration::from_secs(60), || {
-            let machines = machines.clone();
-            let name = name.clone();
-            async move { machines.get_opt(&name).await.ok().flatten().is_none().then_some(()) }
-        })
-        .await;
+        machine_gone(&machines, &name, Duration::from_secs(60)).await;
         let text = scrape(&stack).await;
         assert_series(&text, "mcm_machine_items_total 0\n");
         assert_series(&text, &format!("mcm_machine_delete_duration_seconds{placement} "));

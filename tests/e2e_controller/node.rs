@@ -18,7 +18,7 @@ use crate::{
     stack::{Opts, assert_bijection, with_temp_ns},
     support::{
         MACHINE_NAME_LABEL, NODE_FINALIZER, apply_class_and_secret, apply_sample, dyn_api,
-        eventually, uuid_of,
+        eventually, machine_gone, uuid_of,
     },
 };
 
@@ -268,11 +268,7 @@ async fn n_a_deleted_node_replaces_its_machine() {
             .expect("user deletes the Node");
         let machines = stack.machines();
         let old = first.name_any();
-        eventually("old Machine gone", Duration::from_secs(60), || {
-            let (machines, old) = (machines.clone(), old.clone());
-            async move { machines.get_opt(&old).await.ok()?.is_none().then_some(()) }
-        })
-        .await;
+        machine_gone(&machines, &old, Duration::from_secs(60)).await;
         let n = nodes.clone();
         let nn = node_name.clone();
         eventually("old Node gone", Duration::from_secs(30), || {

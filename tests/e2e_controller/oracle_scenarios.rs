@@ -15,15 +15,14 @@ use crate::{
         bootstrap_secret, machine_name_for, pre_register_node, secret_field, token_id, whoami,
     },
     drain::{
-        kubelet, last_operation, machine_gone, pdb, pdb_status, record_operations, running_machine,
-        running_pod,
+        kubelet, last_operation, pdb, pdb_status, record_operations, running_machine, running_pod,
     },
     oracle::{
         Checkpoints, Observed, SETTLED, delete_and_record, mask_uuids, oracle_compare,
         same_node_deletion_step,
     },
     stack::{Opts, Stack},
-    support::{apply_class_and_secret, apply_sample, eventually, wait_phase},
+    support::{apply_class_and_secret, apply_sample, eventually, machine_gone, wait_phase},
 };
 
 /// One `#[tokio::test]` per listed scenario: `name => (scenario fn, Opts)`.
@@ -52,7 +51,7 @@ oracle_scenarios! {
 }
 
 /// Create → Running → delete → gone, from the samples.
-pub async fn oracle_scenario_lifecycle(stack: &Stack, cp: &mut Checkpoints) {
+async fn oracle_scenario_lifecycle(stack: &Stack, cp: &mut Checkpoints) {
     let (client, ns) = (&stack.client, &stack.ns);
     apply_class_and_secret(client, ns).await;
     let name = format!("{ns}-m1");
@@ -67,7 +66,7 @@ pub async fn oracle_scenario_lifecycle(stack: &Stack, cp: &mut Checkpoints) {
 
 /// A Machine whose `spec.nodeTemplate` carries labels, annotations and a taint → Running; the
 /// template changes (a label value, an annotation dropped, the taint replaced); delete.
-pub async fn oracle_scenario_node_template(stack: &Stack, cp: &mut Checkpoints) {
+async fn oracle_scenario_node_template(stack: &Stack, cp: &mut Checkpoints) {
     let (client, ns) = (&stack.client, &stack.ns);
     apply_class_and_secret(client, ns).await;
     let name = format!("{ns}-m1");
@@ -107,7 +106,7 @@ pub async fn oracle_scenario_node_template(stack: &Stack, cp: &mut Checkpoints) 
 
 /// A class whose providerSpec lacks `machineType` → the Machine crash-loops without a device;
 /// the class is fixed → Running; delete.
-pub async fn oracle_scenario_bad_provider_spec(stack: &Stack, cp: &mut Checkpoints) {
+async fn oracle_scenario_bad_provider_spec(stack: &Stack, cp: &mut Checkpoints) {
     let (client, ns) = (&stack.client, &stack.ns);
     apply_sample(client, ns, "secret.yaml", |_| {}).await;
     apply_sample(client, ns, "machine-class.yaml", |c| {
@@ -139,7 +138,7 @@ pub async fn oracle_scenario_bad_provider_spec(stack: &Stack, cp: &mut Checkpoin
 /// the device, the Node and the Machine go. Besides the state at each checkpoint (cordon, the
 /// Node's conditions, pods, device), the whole lastOperation sequence and the evicted pods
 /// are compared.
-pub async fn oracle_scenario_drain_with_budget(stack: &Stack, cp: &mut Checkpoints) {
+async fn oracle_scenario_drain_with_budget(stack: &Stack, cp: &mut Checkpoints) {
     let (client, ns) = (&stack.client, &stack.ns);
     let name = running_machine(stack, "m1", |_| {}).await;
     running_pod(
@@ -202,7 +201,7 @@ pub async fn oracle_scenario_drain_with_budget(stack: &Stack, cp: &mut Checkpoin
         .await;
 
     pdb_status(client, ns, "web", 2, 2, 1).await;
-    machine_gone(stack, &name, Duration::from_secs(90)).await;
+    machine_gone(&stack.machines(), &name, Duration::from_secs(90)).await;
     cp.record(stack, "one disruption allowed: Machine gone", SETTLED)
         .await;
     kubelet.abort();
@@ -231,7 +230,7 @@ pub async fn oracle_scenario_drain_with_budget(stack: &Stack, cp: &mut Checkpoin
 /// groups, expiration window, id derivation, the secret's shape), the userData the driver
 /// received (token masked), and who the API server says the token is. The taint goes: the
 /// Machine turns Running and the token Secret is deleted. Then the Machine is deleted.
-pub async fn oracle_scenario_bootstrap_token(stack: &Stack, cp: &mut Checkpoints) {
+async fn oracle_scenario_bootstrap_token(stack: &Stack, cp: &mut Checkpoints) {
     let (client, ns) = (&stack.client, &stack.ns);
     apply_sample(client, ns, "secret.yaml", |s| {
         s["stringData"]["userData"] = json!(

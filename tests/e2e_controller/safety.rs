@@ -20,14 +20,14 @@ use crate::{
     stack::{Opts, first_machine, scrape, wait_frozen, with_temp_ns},
     support::{
         CLUSTER_TAG, ROLE_TAG, apply_class_and_secret, apply_sample, dyn_api, e2e_kubeconfig,
-        eventually, repo_root, wait_phase,
+        eventually, machine_in_phase, repo_root, wait_phase,
     },
 };
 
-pub const SECRET_FINALIZER: &str = "machine.sapcloud.io/machine-controller";
-pub const NOT_MANAGED: &str = "node.machine.sapcloud.io/not-managed-by-mcm";
+const SECRET_FINALIZER: &str = "machine.sapcloud.io/machine-controller";
+const NOT_MANAGED: &str = "node.machine.sapcloud.io/not-managed-by-mcm";
 
-pub fn has_finalizer(
+fn has_finalizer(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     f: &str,
 ) -> bool {
@@ -36,7 +36,7 @@ pub fn has_finalizer(
         .is_some_and(|l| l.iter().any(|x| x == f))
 }
 
-pub async fn secret_has_finalizer(client: &Client, ns: &str, name: &str) -> Option<bool> {
+async fn secret_has_finalizer(client: &Client, ns: &str, name: &str) -> Option<bool> {
     let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
     let s = api.get_opt(name).await.ok()??;
     Some(has_finalizer(&s.metadata, SECRET_FINALIZER))
@@ -44,14 +44,14 @@ pub async fn secret_has_finalizer(client: &Client, ns: &str, name: &str) -> Opti
 
 /// A second throw-away API server (its own etcd and state dir, via hack/e2e-env.sh) to serve
 /// as the target cluster, so it can be stopped without touching the control cluster.
-pub struct TargetEnv {
+struct TargetEnv {
     state: PathBuf,
     kubeconfig: String,
     client: Client,
 }
 
 /// Controller flags that check both API servers every second and freeze after 3 s.
-pub const STATUSCHECK_EVERY_SECOND: [&str; 2] = [
+const STATUSCHECK_EVERY_SECOND: [&str; 2] = [
     "--machine-safety-apiserver-statuscheck-period=1s",
     "--machine-safety-apiserver-statuscheck-timeout=3s",
 ];
@@ -59,7 +59,7 @@ pub const STATUSCHECK_EVERY_SECOND: [&str; 2] = [
 impl TargetEnv {
     /// A target cluster of its own for the test `test`, and `opts` pointed at it, with 1 s
     /// provisioning and `flags` for the controller.
-    pub async fn for_test(test: &str, flags: Vec<&'static str>, opts: Opts) -> (TargetEnv, Opts) {
+    async fn for_test(test: &str, flags: Vec<&'static str>, opts: Opts) -> (TargetEnv, Opts) {
         let tag = format!("{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
         let target = TargetEnv::up(&tag).await;
         let opts = Opts {
@@ -132,7 +132,7 @@ impl Drop for TargetEnv {
 
 /// Patches every named Node NotReady every 500 ms (a kubelet reporting trouble; the sim's
 /// registrar would report Ready again on its next heartbeat) until aborted.
-pub fn keep_not_ready(nodes: Api<Node>, names: Vec<String>) -> tokio::task::JoinHandle<()> {
+fn keep_not_ready(nodes: Api<Node>, names: Vec<String>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             for n in &names {
@@ -529,21 +529,14 @@ async fn s4_api_server_freeze_and_recovery() {
         let ns = stack.ns.clone();
         let name = first_machine(&stack).await;
         let machines = stack.machines();
-        let phase_is = |want: &'static str| {
-            let (machines, name) = (machines.clone(), name.clone());
-            move || {
-                let (machines, name) = (machines.clone(), name.clone());
-                async move { machines.get(&name).await.ok().filter(|m| m.phase() == want) }
-            }
-        };
-        eventually("Running", Duration::from_secs(60), phase_is("Running")).await;
+        machine_in_phase(&machines, &name, "Running", Duration::from_secs(60)).await;
         assert!(
             scrape(&stack)
                 .await
                 .contains("mcm_machine_controller_frozen 0")
         );
         let kubelet = keep_not_ready(Api::all(target_client.clone()), vec![name.clone()]);
-        eventually("Unknown", Duration::from_secs(30), phase_is("Unknown")).await;
+        machine_in_phase(&machines, &name, "Unknown", Duration::from_secs(30)).await;
         kubelet.abort();
 
         // Every status the Machine goes through from here on.
@@ -672,7 +665,7 @@ async fn s5_orphans_at_startup_and_on_delete_and_unmanaged_nodes() {
         let client = stack.client.clone();
         let ns = stack.ns.clone();
         apply_class_and_secret(&client, &ns).await;
-        stack.controller.as_mut().expect("controller").stop().await;
+        stack.stop_controller().await;
         let orphan = stack
             .create_device_directly(&format!("{ns}-orphan"), &[CLUSTER_TAG, ROLE_TAG])
             .await;
@@ -774,7 +767,7 @@ async fn s5_orphans_at_startup_and_on_delete_and_unmanaged_nodes() {
 
 /// SIGTERM while the target cluster's API server is down and a CreateMachine is still in
 /// flight (a slow Metal API: every request takes 15 s, so the create takes 30 s): the
-/// controller exits within `Proc::stop`'s 15 s — in-flight reconciles get a bounded grace,
+/// controller exits within the 15 s `stack::stop` allows — in-flight reconciles get a bounded grace,
 /// then are abandoned — and the next controller finishes the create with exactly one device.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the e2e environment: hack/e2e.sh"]
@@ -804,10 +797,7 @@ async fn s6_sigterm_during_a_target_outage_with_a_create_in_flight() {
         let stopping = target.apiserver("stop");
         let sigterm = async {
             wait_frozen(&stack, true).await;
-            let asked = Instant::now();
-            let mut controller = stack.controller.take().expect("controller");
-            controller.stop().await;
-            asked.elapsed()
+            stack.stop_controller().await
         };
         let ((), took) = tokio::join!(stopping, sigterm);
         eprintln!(

@@ -1,43 +1,39 @@
 //! The one-container sidecar: kubernetes/deployment.yaml's provider container, as Gardener's
 //! stock helper shapes it, run with its exact arguments against the harness.
 
-use std::{
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Stdio, time::Duration};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
-use metal_driver::controller::crd::Machine;
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+use metal_driver::{
+    controller::crd::Machine,
+    testkit::child::{Child, Terminated},
 };
+use serde_json::{Value, json};
+use tokio::process::Command;
 
 use crate::{
-    stack::Proc,
+    stack::{Opts, create_namespace, list_devices, log_dir, spawn_sim, wait_ok},
     support::{
-        BIN, PROJECT, TOKEN, apply_class_and_secret, apply_sample, e2e_kubeconfig, eventually,
-        free_port, repo_root,
+        BIN, TOKEN, apply_class_and_secret, apply_sample, e2e_kubeconfig, eventually, free_port,
+        machine_gone, phases_until_running, repo_root,
     },
 };
 
 /// The provider container's name in `kubernetes/deployment.yaml` (Gardener's
 /// `machine-controller-manager-<provider name>`).
-pub const SIDECAR_CONTAINER: &str = "machine-controller-manager-provider-equinix-metal";
+const SIDECAR_CONTAINER: &str = "machine-controller-manager-provider-equinix-metal";
 /// Where a Pod finds its service account (what `inClusterConfig` reads).
-pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Where Gardener mounts the shoot's generic kubeconfig.
-pub const GENERIC_KUBECONFIG_DIR: &str = "/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig";
+const GENERIC_KUBECONFIG_DIR: &str = "/var/run/secrets/gardener.cloud/shoot/generic-kubeconfig";
 
 /// The provider container of `kubernetes/deployment.yaml`: its arguments (it must have no
 /// command: Gardener's helper sets none).
-pub fn sidecar_container_args() -> Vec<String> {
+fn sidecar_container_args() -> Vec<String> {
     let text = std::fs::read_to_string(repo_root().join("kubernetes/deployment.yaml"))
         .expect("kubernetes/deployment.yaml");
     let documents: Vec<Value> =
@@ -70,7 +66,7 @@ pub fn sidecar_container_args() -> Vec<String> {
 /// `kubernetes/rbac.yaml`'s objects moved into `ns` (namespaced ones, and the subjects of
 /// every binding); cluster-wide and kube-system names get a `-<ns>` suffix so parallel runs
 /// do not share them. Returns what was created outside `ns`, for clean-up.
-pub async fn apply_rbac(client: &Client, ns: &str) -> Vec<(ApiResource, Option<String>, String)> {
+async fn apply_rbac(client: &Client, ns: &str) -> Vec<(ApiResource, Option<String>, String)> {
     let text = std::fs::read_to_string(repo_root().join("kubernetes/rbac.yaml")).expect("rbac");
     let mut outside = Vec::new();
     let documents: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rbac.yaml is YAML");
@@ -131,7 +127,7 @@ pub async fn apply_rbac(client: &Client, ns: &str) -> Vec<(ApiResource, Option<S
 
 /// A token of ServiceAccount `machine-controller-manager` in `ns` (TokenRequest, as the
 /// kubelet gets one for a Pod).
-pub async fn service_account_token(client: &Client, ns: &str) -> String {
+async fn service_account_token(client: &Client, ns: &str) -> String {
     use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let request: TokenRequest = serde_json::from_value(json!({
@@ -152,7 +148,7 @@ pub async fn service_account_token(client: &Client, ns: &str) -> String {
 }
 
 /// The harness's API server (`host`, `port`) and CA (PEM) from its kubeconfig.
-pub fn apiserver_of(kubeconfig: &str) -> (String, u16, Vec<u8>) {
+fn apiserver_of(kubeconfig: &str) -> (String, u16, Vec<u8>) {
     use base64::Engine;
     let config = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
     let cluster = config.clusters[0].cluster.clone().expect("cluster");
@@ -175,7 +171,7 @@ pub fn apiserver_of(kubeconfig: &str) -> (String, u16, Vec<u8>) {
 }
 
 /// Whether this process may make a private mount namespace (root with unshare(1)).
-pub fn can_unshare_mounts() -> bool {
+fn can_unshare_mounts() -> bool {
     std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "private", "true"])
         .stdout(Stdio::null())
@@ -189,14 +185,13 @@ pub fn can_unshare_mounts() -> bool {
 /// kubelet's path, the target kubeconfig at Gardener's path (both on a tmpfs private to the
 /// process, so nothing on this machine changes). Returns the child, its side-port URL, and
 /// whether it ran in-cluster style.
-pub async fn spawn_sidecar(
+async fn spawn_sidecar(
     args: &[String],
     files: &Path,
     apiserver: (&str, u16),
     metal_api_url: &str,
     logs: &Path,
 ) -> (Child, String, bool) {
-    let log = std::fs::File::create(logs.join("sidecar.log")).expect("log file");
     let in_cluster = can_unshare_mounts();
     let mut command = if in_cluster {
         // /var/run is /run: a fresh tmpfs there, holding only what a Pod would see.
@@ -236,33 +231,25 @@ pub async fn spawn_sidecar(
     // A Pod's environment: the API server's service address, and METAL_API_URL (the only
     // setting the driver reads from outside its arguments). No KUBECONFIG, no log settings:
     // the defaults are what Gardener gets.
-    let mut child = command
+    command
         .env_remove("KUBECONFIG")
         .env_remove("RUST_LOG")
         .env_remove("METAL_DRIVER_LOG_LEVEL")
         .env_remove("METAL_DRIVER_LOG_FORMAT")
         .env("KUBERNETES_SERVICE_HOST", apiserver.0)
         .env("KUBERNETES_SERVICE_PORT", apiserver.1.to_string())
-        .env("METAL_API_URL", metal_api_url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the sidecar");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .env("METAL_API_URL", metal_api_url);
+    let log = logs.join("sidecar.log");
+    let child = Child::spawn(command, "sidecar", &log, Duration::from_secs(60))
         .await
-        .expect("the sidecar prints `listening on` within 60s")
-        .expect("read stdout")
-        .unwrap_or_else(|| panic!("the sidecar exited at start (see {})", logs.display()));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let addr = first
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        .unwrap_or_else(|e| panic!("{e} (see {})", logs.display()));
+    let addr = child
+        .url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("unexpected first line: listening on {}", child.url));
     let port = addr.rsplit_once(':').expect("host:port").1;
-    (child, format!("http://127.0.0.1:{port}"), in_cluster)
+    let url = format!("http://127.0.0.1:{port}");
+    (child, url, in_cluster)
 }
 
 /// The Deployment's provider container, with its exact arguments (only `--namespace` moved to
@@ -277,20 +264,8 @@ async fn g_one_container_sidecar_from_the_deployment() {
         return;
     };
     let client = Client::try_default().await.expect("kube client");
-    let ns = format!("e2e-g-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .patch(
-            &ns,
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-            ),
-        )
-        .await
-        .expect("create namespace");
-    let logs = repo_root().join("target/e2e-logs").join(&ns);
-    std::fs::create_dir_all(&logs).expect("log dir");
+    let ns = create_namespace(&client, "g").await;
+    let logs = log_dir(&ns);
     let outside = apply_rbac(&client, &ns).await;
 
     // The Pod's files: service-account token, CA and namespace; the target kubeconfig.
@@ -327,50 +302,26 @@ async fn g_one_container_sidecar_from_the_deployment() {
         "the container runs the one-process form: {args:?}"
     );
 
-    let s = |v: &str| v.to_owned();
-    let sim = Proc::spawn(
-        "sim",
-        &[
-            s("sim"),
-            s("--listen=127.0.0.1:0"),
-            s("--provision-seconds=2"),
-            s("--deprovision-seconds=0.5"),
-            format!("--register-nodes-kubeconfig={kubeconfig}"),
-        ],
-        &logs,
-    )
-    .await;
-    let (mut sidecar, url, in_cluster) =
+    let sim = spawn_sim(&logs, &Opts::default(), &kubeconfig).await;
+    let (sidecar, url, in_cluster) =
         spawn_sidecar(&args, files.path(), (&host, port), &sim.url, &logs).await;
     eprintln!(
         "g: sidecar on {url} (in-cluster config: {in_cluster}); logs in {}",
         logs.display()
     );
     let http = reqwest::Client::new();
-    let status_of = |path: &'static str| {
-        let (http, url) = (http.clone(), url.clone());
-        move || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                http.get(format!("{url}{path}"))
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            }
-        }
-    };
-    eventually(
+    wait_ok(
+        &http,
         "sidecar /healthz",
+        &format!("{url}/healthz"),
         Duration::from_secs(30),
-        status_of("/healthz"),
     )
     .await;
-    eventually(
+    wait_ok(
+        &http,
         "sidecar /readyz",
+        &format!("{url}/readyz"),
         Duration::from_secs(30),
-        status_of("/readyz"),
     )
     .await;
 
@@ -381,25 +332,8 @@ async fn g_one_container_sidecar_from_the_deployment() {
     })
     .await;
     let machines: Api<Machine> = Api::namespaced(client.clone(), &ns);
-    let mut phases = Vec::<String>::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let running = loop {
-        if let Ok(m) = machines.get(&name).await {
-            let p = m.phase().to_owned();
-            if phases.last() != Some(&p) {
-                phases.push(p.clone());
-            }
-            if p == "Running" {
-                break m;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Machine not Running within 60s; phases seen {phases:?} (logs in {})",
-            logs.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let logs_at = format!(" (logs in {})", logs.display());
+    let (running, phases) = phases_until_running(&machines, &name, &logs_at).await;
     let pid = running.provider_id().expect("providerID").to_owned();
     assert!(pid.starts_with("equinixmetal://"), "{pid}");
 
@@ -429,42 +363,21 @@ async fn g_one_container_sidecar_from_the_deployment() {
         .delete(&name, &DeleteParams::default())
         .await
         .expect("delete machine");
-    eventually("Machine gone", Duration::from_secs(60), || {
-        let (machines, name) = (machines.clone(), name.clone());
-        async move { machines.get_opt(&name).await.ok()?.is_none().then_some(()) }
-    })
-    .await;
-    let devices_url = format!("{}/projects/{PROJECT}/devices?per_page=1000", sim.url);
-    eventually("device gone", Duration::from_secs(30), || {
-        let (http, devices_url) = (http.clone(), devices_url.clone());
-        async move {
-            let body: Value = http
-                .get(&devices_url)
-                .header("X-Auth-Token", TOKEN)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            body["devices"]
-                .as_array()?
-                .iter()
-                .all(|d| matches!(d["state"].as_str(), Some("deprovisioning" | "deleted")))
-                .then_some(())
-        }
+    machine_gone(&machines, &name, Duration::from_secs(60)).await;
+    eventually("device gone", Duration::from_secs(30), || async {
+        list_devices(&http, &sim.url)
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
     })
     .await;
 
     // SIGTERM: the controller releases its Lease, the in-process driver stops, exit 0.
-    let pid_of = sidecar.id().expect("pid");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid_of.to_string()])
-        .status();
-    let exit = tokio::time::timeout(Duration::from_secs(30), sidecar.wait())
-        .await
-        .expect("the sidecar exits within 30s of SIGTERM")
-        .expect("wait");
+    let exit = match sidecar.terminate(Duration::from_secs(30)).await {
+        Terminated::Exited(exit, _) => exit,
+        other => panic!("the sidecar exits within 30s of SIGTERM: {other:?}"),
+    };
     assert!(exit.success(), "exit status after SIGTERM: {exit}");
 
     // Gardener's log shape by default, and no secret in it.
@@ -493,6 +406,6 @@ async fn g_one_container_sidecar_from_the_deployment() {
         };
         let _ = api.delete(&obj, &dp).await;
     }
-    let _ = namespaces.delete(&ns, &dp).await;
+    let _ = Api::<Namespace>::all(client.clone()).delete(&ns, &dp).await;
     eprintln!("g: phases {phases:?}; {lines} JSON log lines");
 }

@@ -5,7 +5,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     future::Future,
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -15,93 +14,90 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
 };
-use metal_driver::controller::crd::Machine;
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+use metal_driver::{
+    controller::crd::Machine,
+    testkit::child::{Child, Terminated},
 };
+use serde_json::{Value, json};
+use tokio::process::Command;
 
 use crate::support::{
     BIN, PROJECT, TOKEN, apply_class_and_secret, apply_sample, dyn_api, e2e_kubeconfig, eventually,
-    free_port, repo_root, uuid_of,
+    free_port, kube_bin, repo_root, uuid_of,
 };
 
-/// A subprocess whose first stdout line is `listening on URL`; killed on drop.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub url: String,
+/// Starts `metal-driver <args>` (it prints `listening on URL` first), its stderr in
+/// `<logs>/<name>.log`; killed on drop.
+async fn spawn_ours(name: &str, args: &[String], logs: &Path) -> Child {
+    let mut command = Command::new(BIN);
+    command.args(args).env("METAL_DRIVER_LOG_LEVEL", "info");
+    let log = logs.join(format!("{name}.log"));
+    Child::spawn(command, name, &log, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e} (see {})", logs.display()))
 }
 
-impl Proc {
-    pub async fn spawn(name: &str, args: &[String], logs: &Path) -> Proc {
-        let log = std::fs::File::create(logs.join(format!("{name}.log"))).expect("log file");
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("METAL_DRIVER_LOG_LEVEL", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+/// SIGTERM and wait; returns how long it took to exit. Every role of ours exits on SIGTERM
+/// (a controller stopped while it is still starting too), so one that is still running after
+/// 15 s fails the test.
+pub async fn stop(child: Child) -> Duration {
+    let what = child.what.clone();
+    match child.terminate(Duration::from_secs(15)).await {
+        Terminated::Exited(_, took) => took,
+        Terminated::WaitFailed(e) => panic!("{what}: waiting for its exit failed: {e}"),
+        Terminated::StillRunning => panic!("{what} ignored SIGTERM for 15 s; killed"),
+    }
+}
+
+/// Waits (`timeout` at most) until `GET url` answers with a success status.
+pub async fn wait_ok(http: &reqwest::Client, what: &str, url: &str, timeout: Duration) {
+    eventually(what, timeout, || async move {
+        http.get(url)
+            .send()
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{name}: no `listening on` line within 60s (see {})",
-                    logs.display()
-                )
-            })
-            .expect("read stdout")
-            .unwrap_or_else(|| panic!("{name} exited before listening (see {})", logs.display()));
-        let url = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{name}: unexpected first line {first:?}"))
-            .to_owned();
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Proc {
-            name: name.to_owned(),
-            child,
-            url,
-        }
-    }
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+}
 
-    /// SIGKILL, no goodbye: what a crash looks like.
-    pub async fn kill(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-    }
+/// `metal-driver sim` for a stack with `opts`, registering Nodes in the cluster of
+/// `kubeconfig`.
+pub async fn spawn_sim(logs: &Path, opts: &Opts, kubeconfig: &str) -> Child {
+    let args = [
+        "sim".to_owned(),
+        "--listen=127.0.0.1:0".to_owned(),
+        format!("--provision-seconds={}", opts.provision_seconds),
+        "--deprovision-seconds=0.5".to_owned(),
+        format!("--latency-ms={}", opts.latency_ms),
+        format!("--register-nodes-kubeconfig={kubeconfig}"),
+    ];
+    spawn_ours("sim", &args, logs).await
+}
 
-    /// Sends a signal by name (`STOP`, `CONT`, ...).
-    pub fn signal(&self, sig: &str) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args([format!("-{sig}"), pid.to_string()])
-                .status();
-        }
-    }
-
-    /// SIGTERM and wait: every role of ours exits on SIGTERM (a controller stopped while it
-    /// is still starting too), so one that is still running after 15 s fails the test.
-    pub async fn stop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .is_err()
-        {
-            self.kill().await;
-            panic!("{} ignored SIGTERM for 15 s; killed", self.name);
-        }
-    }
+/// Live devices of the sim project at `sim_url` (deprovisioning ones excluded): UUID →
+/// device JSON.
+pub async fn list_devices(
+    http: &reqwest::Client,
+    sim_url: &str,
+) -> reqwest::Result<BTreeMap<String, Value>> {
+    let url = format!("{sim_url}/projects/{PROJECT}/devices?per_page=1000");
+    let body: Value = http
+        .get(&url)
+        .header("X-Auth-Token", TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(body["devices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| !matches!(d["state"].as_str(), Some("deprovisioning" | "deleted")))
+        .map(|d| (d["id"].as_str().unwrap_or_default().to_owned(), d))
+        .collect())
 }
 
 /// Options of one test's stack.
@@ -139,36 +135,23 @@ pub struct Stack {
     pub logs: PathBuf,
     pub client: Client,
     pub http: reqwest::Client,
-    pub sim: Proc,
-    pub serve: Proc,
-    pub controller: Option<Proc>,
-    pub controller_args: Vec<String>,
-    pub controller_starts: usize,
-    pub mcm: Option<Child>,
+    sim: Child,
+    pub serve: Child,
+    pub controller: Option<Child>,
+    controller_args: Vec<String>,
+    controller_starts: usize,
+    mcm: Option<Child>,
     /// The test's own controller flags (`Opts::controller_flags`), for the oracle.
     pub shared_flags: Vec<String>,
 }
 
 impl Stack {
     pub async fn start(client: Client, kubeconfig: &str, ns: &str, opts: &Opts) -> Stack {
-        let logs = repo_root().join("target/e2e-logs").join(ns);
-        std::fs::create_dir_all(&logs).expect("log dir");
+        let logs = log_dir(ns);
         let s = |v: &str| v.to_owned();
         let target = opts.target_kubeconfig.as_deref().unwrap_or(kubeconfig);
-        let sim = Proc::spawn(
-            "sim",
-            &[
-                s("sim"),
-                s("--listen=127.0.0.1:0"),
-                format!("--provision-seconds={}", opts.provision_seconds),
-                s("--deprovision-seconds=0.5"),
-                format!("--latency-ms={}", opts.latency_ms),
-                format!("--register-nodes-kubeconfig={target}"),
-            ],
-            &logs,
-        )
-        .await;
-        let serve = Proc::spawn(
+        let sim = spawn_sim(&logs, opts, target).await;
+        let serve = spawn_ours(
             "serve",
             &[
                 s("serve"),
@@ -223,89 +206,74 @@ impl Stack {
     pub async fn start_controller(&mut self) {
         self.controller_starts += 1;
         let name = format!("controller-{}", self.controller_starts);
-        let p = Proc::spawn(&name, &self.controller_args, &self.logs).await;
+        let p = spawn_ours(&name, &self.controller_args, &self.logs).await;
         // The side port answers /healthz once the process is up.
         let health = format!("{}/healthz", p.url);
-        let http = self.http.clone();
-        eventually("controller /healthz", Duration::from_secs(30), || {
-            let (http, health) = (http.clone(), health.clone());
-            async move {
-                http.get(&health)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
-        })
+        wait_ok(
+            &self.http,
+            "controller /healthz",
+            &health,
+            Duration::from_secs(30),
+        )
         .await;
         self.controller = Some(p);
     }
 
-    pub async fn start_mcm(&mut self) {
-        let bin = mcm_binary();
-        let port = free_port();
-        let log =
-            std::fs::File::create(self.logs.join("machine-controller-manager.log")).expect("log");
-        let child = Command::new(&bin)
-            .args([
-                format!("--control-kubeconfig={}", self.kubeconfig),
-                format!("--target-kubeconfig={}", self.kubeconfig),
-                format!("--namespace={}", self.ns),
-                "--leader-elect=false".to_owned(),
-                "--address=127.0.0.1".to_owned(),
-                format!("--port={port}"),
-                "--safety-up=2".to_owned(),
-                "--safety-down=1".to_owned(),
-                "--machine-safety-overshooting-period=1m".to_owned(),
-                "--v=3".to_owned(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        self.mcm = Some(child);
-        let url = format!("http://127.0.0.1:{port}/healthz");
-        let http = self.http.clone();
-        eventually(
-            "machine-controller-manager /healthz",
+    /// SIGTERM to the controller (see [`stop`]); returns how long it took to exit.
+    pub async fn stop_controller(&mut self) -> Duration {
+        stop(self.controller.take().expect("controller")).await
+    }
+
+    /// SIGKILL to the controller, no goodbye: what a crash looks like.
+    pub async fn kill_controller(&mut self) {
+        self.controller.take().expect("controller").kill().await;
+    }
+
+    /// Starts a Go peer (MCM's binary, the oracle) that listens on `port` of 127.0.0.1 with
+    /// `args`, its stdout and stderr in `<logs>/<name>.log`, and waits until it is healthy.
+    pub async fn spawn_go_peer(&self, name: &str, bin: &Path, args: &[String], port: u16) -> Child {
+        let mut command = Command::new(bin);
+        command.args(args);
+        let log = self.logs.join(format!("{name}.log"));
+        let url = format!("http://127.0.0.1:{port}");
+        let child =
+            Child::spawn_at(command, name, &log, url.clone()).unwrap_or_else(|e| panic!("{e}"));
+        wait_ok(
+            &self.http,
+            &format!("{name} /healthz"),
+            &format!("{url}/healthz"),
             Duration::from_secs(60),
-            || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    http.get(&url)
-                        .send()
-                        .await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                }
-            },
         )
         .await;
+        child
+    }
+
+    async fn start_mcm(&mut self) {
+        let port = free_port();
+        let args = [
+            format!("--control-kubeconfig={}", self.kubeconfig),
+            format!("--target-kubeconfig={}", self.kubeconfig),
+            format!("--namespace={}", self.ns),
+            "--leader-elect=false".to_owned(),
+            "--address=127.0.0.1".to_owned(),
+            format!("--port={port}"),
+            "--safety-up=2".to_owned(),
+            "--safety-down=1".to_owned(),
+            "--machine-safety-overshooting-period=1m".to_owned(),
+            "--v=3".to_owned(),
+        ];
+        let bin = kube_bin("METAL_DRIVER_E2E_MCM_BIN", "machine-controller-manager");
+        let mcm = self
+            .spawn_go_peer("machine-controller-manager", &bin, &args, port)
+            .await;
+        self.mcm = Some(mcm);
     }
 
     /// Live devices of the sim project (deprovisioning ones excluded): UUID → device JSON.
     pub async fn devices(&self) -> BTreeMap<String, Value> {
-        let url = format!("{}/projects/{PROJECT}/devices?per_page=1000", self.sim.url);
-        let body: Value = self
-            .http
-            .get(&url)
-            .header("X-Auth-Token", TOKEN)
-            .send()
+        list_devices(&self.http, &self.sim.url)
             .await
             .expect("list devices")
-            .json()
-            .await
-            .expect("devices json");
-        body["devices"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|d| !matches!(d["state"].as_str(), Some("deprovisioning" | "deleted")))
-            .map(|d| (d["id"].as_str().unwrap_or_default().to_owned(), d))
-            .collect()
     }
 
     pub async fn sim_stats(&self) -> Value {
@@ -385,51 +353,21 @@ impl Stack {
                 }
             }
         }
-        if let Some(mut mcm) = self.mcm.take() {
-            let _ = mcm.start_kill();
-            let _ = mcm.wait().await;
+        if let Some(mcm) = self.mcm.take() {
+            mcm.kill().await;
         }
-        if let Some(mut c) = self.controller.take() {
-            c.stop().await;
+        if let Some(c) = self.controller.take() {
+            stop(c).await;
         }
-        self.serve.stop().await;
-        self.sim.stop().await;
+        stop(self.serve).await;
+        stop(self.sim).await;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces.delete(&self.ns, &dp).await;
     }
 }
 
-/// The MCM binary: `$METAL_DRIVER_E2E_MCM_BIN`, else whatever `hack/kube-bins.sh` built.
-pub fn mcm_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("METAL_DRIVER_E2E_MCM_BIN")
-        && !p.is_empty()
-    {
-        return p.into();
-    }
-    let out = std::process::Command::new(repo_root().join("hack/kube-bins.sh"))
-        .args(["--quiet", "machine-controller-manager"])
-        .output()
-        .expect("run hack/kube-bins.sh");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("machine-controller-manager="))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("hack/kube-bins.sh gave no machine-controller-manager: {text}"))
-}
-
-/// Creates a namespace `e2e-<tag>-<random>`, runs `body`, tears the stack down whether or not
-/// `body` panicked, then re-raises its panic.
-pub async fn with_temp_ns<F, Fut>(tag: &str, opts: Opts, body: F)
-where
-    F: FnOnce(Stack) -> Fut,
-    Fut: Future<Output = Stack>,
-{
-    let Some(kubeconfig) = e2e_kubeconfig() else {
-        return;
-    };
-    let client = Client::try_default()
-        .await
-        .expect("kube client from KUBECONFIG");
+/// Creates the namespace `e2e-<tag>-<random>` and returns its name.
+pub async fn create_namespace(client: &Client, tag: &str) -> String {
     let ns = format!(
         "e2e-{tag}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..6]
@@ -445,6 +383,30 @@ where
         )
         .await
         .expect("create namespace");
+    ns
+}
+
+/// `target/e2e-logs/<ns>/`, created: where the processes of namespace `ns` log.
+pub fn log_dir(ns: &str) -> PathBuf {
+    let logs = repo_root().join("target/e2e-logs").join(ns);
+    std::fs::create_dir_all(&logs).expect("log dir");
+    logs
+}
+
+/// Creates a namespace `e2e-<tag>-<random>`, runs `body`, tears the stack down whether or not
+/// `body` panicked, then re-raises its panic.
+pub async fn with_temp_ns<F, Fut>(tag: &str, opts: Opts, body: F)
+where
+    F: FnOnce(Stack) -> Fut,
+    Fut: Future<Output = Stack>,
+{
+    let Some(kubeconfig) = e2e_kubeconfig() else {
+        return;
+    };
+    let client = Client::try_default()
+        .await
+        .expect("kube client from KUBECONFIG");
+    let ns = create_namespace(&client, tag).await;
     let started = Instant::now();
     let stack = Stack::start(client, &kubeconfig, &ns, &opts).await;
     let logs = stack.logs.clone();

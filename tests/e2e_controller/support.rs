@@ -11,7 +11,7 @@ use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
-use metal_driver::provider_id::ProviderId;
+use metal_driver::{controller::crd::Machine, provider_id::ProviderId};
 use serde_json::{Value, json};
 
 use crate::stack::Stack;
@@ -137,30 +137,77 @@ pub async fn apply_class_and_secret(client: &Client, ns: &str) -> String {
     apply_sample(client, ns, "machine-class.yaml", |_| {}).await
 }
 
-/// Waits until Machine `name` is in `phase`.
+/// Waits (`timeout` at most) until Machine `name` is in `phase`; returns it.
+pub async fn machine_in_phase(
+    machines: &Api<Machine>,
+    name: &str,
+    phase: &str,
+    timeout: Duration,
+) -> Machine {
+    eventually(&format!("{name} {phase}"), timeout, || async move {
+        machines.get(name).await.ok().filter(|m| m.phase() == phase)
+    })
+    .await
+}
+
+/// Waits (90 s at most) until Machine `name` is in `phase`.
 pub async fn wait_phase(stack: &Stack, name: &str, phase: &str) {
-    eventually(&format!("{name} {phase}"), Duration::from_secs(90), || {
-        let machines = stack.machines();
-        async move {
-            machines
-                .get(name)
-                .await
-                .ok()
-                .filter(|m| m.phase() == phase)
-                .map(|_| ())
-        }
+    machine_in_phase(&stack.machines(), name, phase, Duration::from_secs(90)).await;
+}
+
+/// Waits (`timeout` at most) until Machine `name` is gone.
+pub async fn machine_gone(machines: &Api<Machine>, name: &str, timeout: Duration) {
+    eventually(&format!("{name} gone"), timeout, || async move {
+        machines.get_opt(name).await.ok()?.is_none().then_some(())
     })
     .await;
 }
 
-/// Waits until Machine `name` is gone.
-pub async fn wait_machine_gone(stack: &Stack, name: &str) {
-    eventually(&format!("{name} gone"), Duration::from_secs(90), || {
-        let machines = stack.machines();
-        async move { machines.get_opt(name).await.ok()?.is_none().then_some(()) }
-    })
-    .await;
+/// Polls Machine `name` every 100 ms until it is Running (60 s at most), recording each phase
+/// it shows on the way (to catch Pending before Running); `context` ends the failure message.
+pub async fn phases_until_running(
+    machines: &Api<Machine>,
+    name: &str,
+    context: &str,
+) -> (Machine, Vec<String>) {
+    let mut phases = Vec::<String>::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(m) = machines.get(name).await {
+            let p = m.phase().to_owned();
+            if phases.last() != Some(&p) {
+                phases.push(p.clone());
+            }
+            if p == "Running" {
+                return (m, phases);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Machine not Running within 60s; phases seen {phases:?}{context}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub const NODE_FINALIZER: &str = "node.machine.sapcloud.io/machine-controller";
 pub const MACHINE_NAME_LABEL: &str = "node.gardener.cloud/machine-name";
+
+/// A Go binary of the environment: `$<env>`, else what `hack/kube-bins.sh` builds as `name`.
+pub fn kube_bin(env: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env)
+        && !p.is_empty()
+    {
+        return p.into();
+    }
+    let out = std::process::Command::new(repo_root().join("hack/kube-bins.sh"))
+        .args(["--quiet", name])
+        .output()
+        .expect("run hack/kube-bins.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{name}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("hack/kube-bins.sh gave no {name}: {text}"))
+}
