@@ -112,7 +112,7 @@ manifests: ## apply every kubernetes/ manifest with server-side dry-run to a rea
 
 # --- machine controller end to end (real kube-apiserver + etcd + MCM; see hack/e2e-env.sh) --
 .PHONY: e2e
-e2e: ## controller e2e tests a-e: environment up, tests/e2e_controller.rs, environment down
+e2e: ## controller e2e tests a-e: environment up, tests/e2e_controller/, environment down
 	hack/e2e.sh
 
 .PHONY: e2e-up

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the machine controller: brings the local Kubernetes
 # environment up (hack/e2e-env.sh: real etcd + kube-apiserver + MCM's CRDs; the Go binaries are
-# built once and cached), runs tests/e2e_controller.rs against it, and brings it down.
+# built once and cached), runs tests/e2e_controller/ against it, and brings it down.
 #
 #   hack/e2e.sh [TEST-NAME-FILTER]
 #
