@@ -3,60 +3,63 @@
 //! A kubelet writes its Node every few seconds (heartbeats), so a target cluster of 500 Nodes
 //! delivers dozens of Node events a second, nearly all of which change nothing a Machine
 //! reconcile reads. MCM's node update handler (`updateNode` in its machine controller)
-//! enqueues the Machine only when one of these changed, and so do we:
-//!
-//! - the Node is being deleted (its Machine is deleted with it) or lacks our finalizer;
-//! - an essential taint (Gardener's `critical-components-not-ready`, which holds a Machine
-//!   Pending) was added or removed;
-//! - the Node's conditions differ from the ones recorded in the Machine's status by type or
-//!   status (a heartbeat only moves timestamps), unless the Machine is in CrashLoopBackOff
-//!   or Terminating.
+//! enqueues the Machine only when the Node is being deleted, an essential taint (Gardener's
+//! `critical-components-not-ready`) came or went, or the Node's conditions differ from the
+//! Machine's by type or status (not while the Machine crash-loops or terminates: its next
+//! create attempt keeps its retry period). We do the same, and also when anything else a
+//! reconcile reads or keeps in sync changed since the Node's previous event: its labels,
+//! annotations, taints, `unschedulable`, capacity, allocatable or finalizers. That keeps the
+//! nodeTemplate sync (labels, annotations, taints, virtual capacity) prompt, and lets a
+//! reconcile that read a Node cache still behind its own last Node write run again once the
+//! write is back. A heartbeat, which moves only condition timestamps, reconciles nothing.
 //!
 //! A Node seen for the first time (added, or listed again after the watch restarted) always
-//! reconciles its Machine, as MCM's add handler queues it. Everything else a reconcile
-//! keeps in sync (the nodeTemplate's labels, annotations and taints) is looked at on the
-//! periodic health re-check, as MCM does on its periodic re-sync.
+//! reconciles its Machine, as MCM's add handler queues it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
+};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
-use super::{
-    crd::Machine, health::CRITICAL_COMPONENTS_NOT_READY_TAINT, node_finalizer::NODE_FINALIZER,
-    status::phase,
-};
+use super::{crd::Machine, node_finalizer::NODE_FINALIZER, status::phase};
 
-/// The taints whose arrival or removal reconciles a Machine at once (MCM's `EssentialTaints`).
-const ESSENTIAL_TAINTS: &[&str] = &[CRITICAL_COMPONENTS_NOT_READY_TAINT];
-
-/// What the previous event of each Node showed of the facts compared between events.
+/// What the previous event of each Node showed, as a digest of the facts compared.
 #[derive(Default)]
 pub struct NodeEvents {
-    seen: HashMap<String, Facts>,
+    seen: HashMap<String, u64>,
 }
 
-#[derive(PartialEq, Eq)]
-struct Facts {
-    essential_taints: Vec<bool>,
-}
-
-impl Facts {
-    fn of(node: &Node) -> Self {
-        let taints = node.spec.as_ref().and_then(|s| s.taints.as_deref());
-        let has = |key: &str| taints.is_some_and(|t| t.iter().any(|t| t.key == key));
-        Self {
-            essential_taints: ESSENTIAL_TAINTS.iter().map(|k| has(k)).collect(),
-        }
-    }
+/// A digest of what a Machine reconcile reads from a Node besides its conditions (those are
+/// compared with the Machine's, as MCM does).
+fn facts(node: &Node) -> u64 {
+    let spec = node.spec.as_ref();
+    let status = node.status.as_ref();
+    // k8s-openapi types are not `Hash`; their JSON is (and is deterministic: maps are sorted).
+    let json = serde_json::to_vec(&(
+        node.labels(),
+        node.annotations(),
+        node.finalizers(),
+        node.metadata.deletion_timestamp.is_some(),
+        spec.and_then(|s| s.taints.as_ref()),
+        spec.and_then(|s| s.unschedulable),
+        status.and_then(|s| s.capacity.as_ref()),
+        status.and_then(|s| s.allocatable.as_ref()),
+    ))
+    .unwrap_or_default();
+    let mut h = DefaultHasher::new();
+    json.hash(&mut h);
+    h.finish()
 }
 
 impl NodeEvents {
     /// Records `node` as the watch delivered it (added or changed) and says whether its
     /// Machines (those whose `node` label names it; normally one) are to be reconciled.
     pub fn changed(&mut self, node: &Node, machines: &[&Machine]) -> bool {
-        let facts = Facts::of(node);
-        let before = self.seen.insert(node.name_any(), facts);
+        let now = facts(node);
+        let before = self.seen.insert(node.name_any(), now);
         if machines.is_empty() {
             return false;
         }
@@ -65,10 +68,9 @@ impl NodeEvents {
         };
         node.metadata.deletion_timestamp.is_some()
             || !node.finalizers().iter().any(|f| f == NODE_FINALIZER)
-            || before != Facts::of(node)
             || machines.iter().any(|m| {
-                conditions_differ(m, node)
-                    && !matches!(m.phase(), phase::CRASH_LOOP_BACK_OFF | phase::TERMINATING)
+                !matches!(m.phase(), phase::CRASH_LOOP_BACK_OFF | phase::TERMINATING)
+                    && (before != now || conditions_differ(m, node))
             })
     }
 
@@ -103,6 +105,7 @@ fn conditions_differ(machine: &Machine, node: &Node) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::health::CRITICAL_COMPONENTS_NOT_READY_TAINT;
     use serde_json::{Value, json};
 
     fn node(ready: &str, heartbeat: &str, taint: bool, finalizer: bool) -> Node {
@@ -201,6 +204,29 @@ mod tests {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(T2.parse().expect("time")),
         );
         assert!(events.changed(&deleting, &[&m]), "being deleted");
+    }
+
+    #[test]
+    fn a_label_or_capacity_change_reconciles() {
+        let mut events = NodeEvents::default();
+        let m = machine("Running", "True");
+        events.changed(&node("True", T1, false, true), &[&m]);
+        let mut labelled = node("True", T2, false, true);
+        labelled.metadata.labels = Some([("pool".to_owned(), "a".to_owned())].into());
+        assert!(events.changed(&labelled, &[&m]), "label added");
+        let mut sized = labelled.clone();
+        sized.status.as_mut().expect("status").capacity = Some(
+            [(
+                "hana.hc.sap.com/hcu".to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into()),
+            )]
+            .into(),
+        );
+        assert!(events.changed(&sized, &[&m]), "capacity");
+        assert!(!events.changed(&sized, &[&m]), "nothing new");
+        // A crash-looping Machine keeps its retry period.
+        labelled.metadata.labels = None;
+        assert!(!events.changed(&labelled, &[&machine("CrashLoopBackOff", "True")]));
     }
 
     #[test]

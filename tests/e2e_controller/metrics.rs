@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::{
     stack::{Opts, scrape, with_temp_ns},
-    support::{apply_class_and_secret, apply_sample, machine_gone, machine_in_phase},
+    support::{apply_class_and_secret, apply_sample, eventually, machine_gone, machine_in_phase},
 };
 
 /// Asserts `needle` is in `text`, printing the MCM part of `text` when it is not.
@@ -103,7 +103,16 @@ async fn metrics_gardener_keeps_after_a_flow() {
             .await
             .expect("delete Machine");
         machine_gone(&machines, &name, Duration::from_secs(60)).await;
-        let text = scrape(&stack).await;
+        // The series are read from the controller's Machine cache, which hears of the delete
+        // through its watch, a moment after the API server answers that it is gone.
+        let text = eventually("the Machine gone from the series", Duration::from_secs(15), || {
+            let stack = &stack;
+            async move {
+                let text = scrape(stack).await;
+                text.contains("mcm_machine_items_total 0\n").then_some(text)
+            }
+        })
+        .await;
         assert_series(&text, "mcm_machine_items_total 0\n");
         assert_series(&text, &format!("mcm_machine_delete_duration_seconds{placement} "));
         // A deleted Machine leaves the per-Machine series.
