@@ -465,10 +465,14 @@ impl Chaos {
     pub async fn control_outage(&self) {
         let t = Instant::now();
         println!("soak: chaos: control API server stopped");
+        // The controller loses its lease and exits 1 by itself here; a SIGTERM racing that
+        // exit would be counted as a bad one, so the restarter holds back meanwhile.
+        self.restarts_paused.store(true, Ordering::Relaxed);
         if self.env(&self.control_state, "stop").await {
             tokio::time::sleep(Duration::from_secs(8)).await;
             self.env(&self.control_state, "start").await;
         }
+        self.restarts_paused.store(false, Ordering::Relaxed);
         self.done("control API server outage", t);
     }
 
