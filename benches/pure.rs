@@ -107,7 +107,9 @@ fn device_page() -> Vec<u8> {
             "{}/projects/{DEFAULT_PROJECT}/devices?per_page=1000&page=1",
             sim.base_url()
         );
-        let body = reqwest::Client::new()
+        let body = metal_driver::metal::tls::http_client_builder()
+            .build()
+            .expect("http client")
             .get(url)
             .header("X-Auth-Token", DEFAULT_TOKEN)
             .send()

@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret as KubeSecret, jiff::Timestamp};
 use kube::{Api, Client, api::ObjectMeta};
-use rand::Rng;
+use rand::RngExt;
 
 use super::{
     error::{Error, Result, is_not_found},

@@ -41,6 +41,7 @@ use super::{
     error::{CUT_MARK, Error, flatten_whitespace},
     pagination,
     retry::{self, Decision, Idempotency, Outcome, RetryPolicy},
+    tls,
     types::Device,
 };
 use crate::telemetry::metrics::MetalApiMetrics;
@@ -243,8 +244,7 @@ impl MetalClient {
         };
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
+        let http = tls::http_client_builder()
             .connect_timeout(config.connect_timeout)
             .user_agent(config.user_agent.clone())
             .default_headers(headers)

@@ -10,6 +10,7 @@ pub mod error;
 pub mod operation;
 pub mod pagination;
 pub mod retry;
+pub mod tls;
 pub mod types;
 
 use std::future::Future;

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 /// Whether repeating a request can change the outcome beyond what one success would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

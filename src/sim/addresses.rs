@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use rand::Rng;
+use rand::RngExt;
 use rand::distr::Alphanumeric;
 use uuid::Uuid;
 

@@ -58,7 +58,7 @@ struct Api {
 impl Api {
     fn new(sim: &SimHandle) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: crate::metal::tls::http_client_builder().build().unwrap(),
             base: sim.base_url(),
             token: Some(TOKEN.into()),
         }
@@ -1079,7 +1079,7 @@ async fn scripted_faults_fire_in_order_for_one_operation_only() {
 async fn http2_prior_knowledge_is_served_too() {
     let sim = spawn(SimArgs::for_tests()).await.unwrap();
     let api = Api {
-        http: reqwest::Client::builder()
+        http: crate::metal::tls::http_client_builder()
             .http2_prior_knowledge()
             .build()
             .unwrap(),

@@ -309,7 +309,9 @@ async fn g_one_container_sidecar_from_the_deployment() {
         "g: sidecar on {url} (in-cluster config: {in_cluster}); logs in {}",
         logs.display()
     );
-    let http = reqwest::Client::new();
+    let http = metal_driver::metal::tls::http_client_builder()
+        .build()
+        .unwrap();
     wait_ok(
         &http,
         "sidecar /healthz",

@@ -187,7 +187,9 @@ impl Stack {
             kubeconfig: kubeconfig.to_owned(),
             logs,
             client,
-            http: reqwest::Client::new(),
+            http: metal_driver::metal::tls::http_client_builder()
+                .build()
+                .unwrap(),
             sim,
             serve,
             controller: None,

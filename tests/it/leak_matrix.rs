@@ -113,7 +113,9 @@ async fn echo_or_forward(State(echo): State<Arc<Echo>>, req: Request) -> Respons
 async fn echo_front(sim: &SimHandle) -> String {
     let echo = Arc::new(Echo {
         upstream: sim.base_url(),
-        http: reqwest::Client::new(),
+        http: metal_driver::metal::tls::http_client_builder()
+            .build()
+            .unwrap(),
     });
     let app = axum::Router::new()
         .fallback(echo_or_forward)

@@ -134,7 +134,11 @@ impl DriverProcess {
     /// The `/metrics` text of the side port.
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.http_addr);
-        reqwest::get(&url)
+        metal_driver::metal::tls::http_client_builder()
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
             .await
             .expect("metrics reachable")
             .text()

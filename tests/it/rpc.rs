@@ -204,7 +204,9 @@ async fn side_port_serves_health_and_metrics_with_mcm_names() {
         .await;
 
     let base = format!("http://{}", env.server.http_addr);
-    let http = reqwest::Client::new();
+    let http = metal_driver::metal::tls::http_client_builder()
+        .build()
+        .unwrap();
     assert_eq!(
         http.get(format!("{base}/healthz"))
             .send()

@@ -11,7 +11,10 @@ use metal_driver::{
         endpoint::Endpoint,
         server::{Running, ServeError, ServerConfig, ServerTls, start},
     },
-    metal::client::{ClientConfig, MetalClient},
+    metal::{
+        Call, DeviceApi,
+        client::{ClientConfig, MetalClient},
+    },
     provider::{Provider, ProviderConfig},
     sim::{self, SimArgs, SimHandle},
     telemetry::Metrics,
@@ -369,5 +372,46 @@ async fn machine_cli_speaks_mutual_tls_to_the_driver() {
         execute(&without_identity.machine).await.is_err(),
         "the driver refuses a CLI without a client certificate"
     );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn metal_client_refuses_a_server_certificate_outside_the_webpki_roots() {
+    // The driver's TLS port stands in for an HTTPS Metal API whose certificate comes from a
+    // CA the client does not trust: the handshake must fail on the certificate, not pass.
+    let ca = Ca::new("metal-driver test CA");
+    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
+    let env = Tls::start(
+        ServerConfig::loopback().endpoint,
+        ServerTls {
+            cert_pem: cert,
+            key_pem: key,
+            client_ca_pem: None,
+        },
+    )
+    .await
+    .expect("TLS server starts");
+    let Endpoint::Tcp(addr) = env.server.endpoint.clone() else {
+        panic!("a loopback TCP endpoint");
+    };
+    let client = MetalClient::new(
+        ClientConfig {
+            base_url: format!("https://{addr}/metal/v1"),
+            max_retries: 0,
+            ..ClientConfig::default()
+        },
+        None,
+    )
+    .expect("the client builds");
+    let err = client
+        .get_device(&Call::new("token".to_owned().into()), uuid::Uuid::new_v4())
+        .await
+        .expect_err("an untrusted certificate is refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, metal_driver::metal::Error::Transport { .. }),
+        "{text}"
+    );
+    assert!(text.contains("UnknownIssuer"), "{text}");
     env.stop().await;
 }

@@ -320,7 +320,11 @@ impl Chaos {
 
     async fn frozen_gauge(&self) -> Option<bool> {
         let url = self.controller.lock().await.url.clone()?;
-        let text = reqwest::get(format!("{url}/metrics"))
+        let text = metal_driver::metal::tls::http_client_builder()
+            .build()
+            .ok()?
+            .get(format!("{url}/metrics"))
+            .send()
             .await
             .ok()?
             .text()

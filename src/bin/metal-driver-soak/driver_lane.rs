@@ -22,7 +22,7 @@ use metal_driver::{
     },
     testkit::fixture,
 };
-use rand::Rng;
+use rand::RngExt;
 use tonic::Code;
 
 use crate::tally::Tally;

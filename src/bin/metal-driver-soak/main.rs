@@ -56,7 +56,7 @@ use std::{
 
 use clap::Parser;
 use metal_driver::cmi::client::CmiClient;
-use rand::Rng;
+use rand::RngExt;
 use tokio::task::JoinSet;
 
 use crate::{

@@ -22,7 +22,7 @@ pub(crate) fn latency(ctx: &Ctx, report: &mut Report) {
     let mut rows = Vec::new();
     ctx.rt.block_on(async {
         let cmi = connect(&driver).await;
-        let http = reqwest::Client::builder()
+        let http = metal_driver::metal::tls::http_client_builder()
             .tcp_nodelay(true)
             .build()
             .expect("http client");
