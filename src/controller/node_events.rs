@@ -21,7 +21,7 @@ use std::{
     hash::{DefaultHasher, Hash, Hasher},
 };
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use kube::ResourceExt;
 
 use super::{crd::Machine, node_finalizer::NODE_FINALIZER, status::phase};
@@ -83,23 +83,20 @@ impl NodeEvents {
 /// Whether the Node's conditions differ from the Machine's recorded ones by type or status
 /// (MCM's `nodeConditionsHaveChanged`: a condition added, removed, or with another status).
 fn conditions_differ(machine: &Machine, node: &Node) -> bool {
-    let recorded: BTreeMap<&str, &str> = machine
+    let recorded = machine
         .status
         .as_ref()
-        .and_then(|s| s.conditions.as_deref())
+        .and_then(|s| s.conditions.as_deref());
+    let current = node.status.as_ref().and_then(|s| s.conditions.as_deref());
+    statuses_by_type(recorded) != statuses_by_type(current)
+}
+
+fn statuses_by_type(conditions: Option<&[NodeCondition]>) -> BTreeMap<&str, &str> {
+    conditions
         .unwrap_or_default()
         .iter()
         .map(|c| (c.type_.as_str(), c.status.as_str()))
-        .collect();
-    let current: BTreeMap<&str, &str> = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .map(|c| (c.type_.as_str(), c.status.as_str()))
-        .collect();
-    recorded != current
+        .collect()
 }
 
 #[cfg(test)]
