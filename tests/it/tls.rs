@@ -61,6 +61,20 @@ struct Tls {
 }
 
 impl Tls {
+    /// A driver on loopback TCP serving a leaf of `ca` for localhost and 127.0.0.1, asking for
+    /// client certificates of `client_ca` when given.
+    async fn loopback(ca: &Ca, client_ca: Option<&Ca>) -> Self {
+        let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
+        let tls = ServerTls {
+            cert_pem: cert,
+            key_pem: key,
+            client_ca_pem: client_ca.map(Ca::pem),
+        };
+        Self::start(ServerConfig::loopback().endpoint, tls)
+            .await
+            .expect("TLS server starts")
+    }
+
     async fn start(endpoint: Endpoint, tls: ServerTls) -> Result<Self, ServeError> {
         let sim = sim::spawn(SimArgs::for_tests()).await.unwrap();
         let config = ClientConfig {
@@ -121,17 +135,7 @@ async fn probe(endpoint: &str, tls: Option<&ClientTls>) -> Result<(), String> {
 #[tokio::test]
 async fn tls_serves_tls_clients_and_refuses_plaintext() {
     let ca = Ca::new("metal-driver test CA");
-    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
-    let env = Tls::start(
-        ServerConfig::loopback().endpoint,
-        ServerTls {
-            cert_pem: cert,
-            key_pem: key,
-            client_ca_pem: None,
-        },
-    )
-    .await
-    .expect("TLS server starts");
+    let env = Tls::loopback(&ca, None).await;
     let tls = client_tls(&ca, None);
 
     let cmi = CmiClient::connect_tls(&env.endpoint(), Duration::from_secs(30), Some(&tls))
@@ -176,17 +180,7 @@ async fn tls_serves_tls_clients_and_refuses_plaintext() {
 async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
-    let (cert, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
-    let env = Tls::start(
-        ServerConfig::loopback().endpoint,
-        ServerTls {
-            cert_pem: cert,
-            key_pem: key,
-            client_ca_pem: Some(client_ca.pem()),
-        },
-    )
-    .await
-    .expect("mTLS server starts");
+    let env = Tls::loopback(&server_ca, Some(&client_ca)).await;
 
     let good = client_tls(&server_ca, Some(client_ca.leaf(&["metal-controller"])));
     probe(&env.endpoint(), Some(&good))
@@ -316,17 +310,7 @@ async fn machine_cli_speaks_mutual_tls_to_the_driver() {
 
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
-    let (cert, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
-    let env = Tls::start(
-        ServerConfig::loopback().endpoint,
-        ServerTls {
-            cert_pem: cert,
-            key_pem: key,
-            client_ca_pem: Some(client_ca.pem()),
-        },
-    )
-    .await
-    .expect("mTLS server starts");
+    let env = Tls::loopback(&server_ca, Some(&client_ca)).await;
     let dir = tempfile::tempdir().unwrap();
     let (client_cert, client_key) = client_ca.leaf(&["metal-cli"]);
     let path = |name: &str, pem: &[u8]| {
@@ -380,17 +364,7 @@ async fn metal_client_refuses_a_server_certificate_outside_the_webpki_roots() {
     // The driver's TLS port stands in for an HTTPS Metal API whose certificate comes from a
     // CA the client does not trust: the handshake must fail on the certificate, not pass.
     let ca = Ca::new("metal-driver test CA");
-    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
-    let env = Tls::start(
-        ServerConfig::loopback().endpoint,
-        ServerTls {
-            cert_pem: cert,
-            key_pem: key,
-            client_ca_pem: None,
-        },
-    )
-    .await
-    .expect("TLS server starts");
+    let env = Tls::loopback(&ca, None).await;
     let Endpoint::Tcp(addr) = env.server.endpoint.clone() else {
         panic!("a loopback TCP endpoint");
     };
