@@ -11,6 +11,7 @@ pub mod identity;
 pub mod in_process;
 pub mod machine;
 pub mod observe;
+pub mod preflight;
 pub mod redact;
 pub mod rpc;
 pub mod server;

@@ -9,7 +9,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cmi::{Rpc, client::CmiClient},
+    cmi::{Rpc, client::CmiClient, preflight::Preflight},
     telemetry::Metrics,
 };
 
@@ -83,6 +83,9 @@ pub struct Context {
     /// What the driver can do. Without GET_MACHINE_STATUS the create flow treats the call
     /// as Unimplemented and relies on `spec.providerID` alone.
     pub capabilities: Capabilities,
+    /// Whether CreateMachine refusals can be told before sending (the driver is this
+    /// build): what lets a Machine that never sent a create be released without a call.
+    pub preflight: Preflight,
     /// Tunables.
     pub config: Config,
     /// Metric families.

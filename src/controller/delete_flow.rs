@@ -19,6 +19,9 @@
 //! 6. node object deletion → the Node deleted → "Initiate machine object finalizer removal".
 //! 7. finalizer removal → the Machine's finalizer removed; the Machine is gone.
 //!
+//! A Machine without a ProviderID that is marked as never having sent a create
+//! ([`super::never_created`]) skips all of it: there is no device, so only the finalizer goes.
+//!
 //! Steps run back to back within one reconcile while they succeed; a step that must wait
 //! returns with a requeue, a failing one records `state: Failed` and returns an error (MCM's
 //! retry period). Every step is idempotent, so repeating one after a crash is harmless.
@@ -44,7 +47,7 @@ use super::{
     error::{Error, Result, is_not_found},
     field_manager,
     machine::{self, MACHINE_FINALIZER, class_of},
-    machine_metrics, node_finalizer, secrets, similar,
+    machine_metrics, never_created, node_finalizer, secrets, similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 
@@ -170,6 +173,11 @@ pub async fn run(m: &Machine, ctx: &Context) -> Result<Action> {
     let name = m.name_any();
     if !m.finalizers().iter().any(|f| f == MACHINE_FINALIZER) {
         return Ok(Action::await_change());
+    }
+    if m.provider_id().is_none() && never_created::marked(m) {
+        // No create that could reach the API was ever sent: there is no device to look for.
+        tracing::info!(machine = %name, "no create was ever sent for this Machine; releasing it without a driver call");
+        return remove_finalizer(m, ctx).await;
     }
     let class = match class_of(m, ctx) {
         Ok(class) => class,

@@ -26,7 +26,10 @@ use super::{
     field_manager::FIELD_MANAGER,
     status::RetryPeriods,
 };
-use crate::{cmi::client::CmiClient, telemetry::Metrics};
+use crate::{
+    cmi::{client::CmiClient, preflight::Preflight},
+    telemetry::Metrics,
+};
 
 /// Checks a request body.
 pub type BodyCheck = Box<dyn Fn(&Value) + Send + Sync>;
@@ -166,6 +169,7 @@ pub fn context_queued(client: Client, caches: Caches) -> (Arc<Context>, Enqueued
         target: Some(client),
         cmi: CmiClient::from_channel(channel, Duration::from_secs(1)),
         capabilities: Capabilities::default(),
+        preflight: Preflight::this_build(),
         config: config(),
         metrics: Metrics::new(),
         stop: Default::default(),

@@ -20,6 +20,9 @@
 //! 4. Status: phase `Pending` (`Available` without a target cluster), lastOperation
 //!    `Create/Processing "Creating machine on cloud provider"`.
 //!
+//! A Machine marked as never having sent a create ([`super::never_created`]) sends none the
+//! driver would refuse, and loses the mark before any other.
+//!
 //! A driver error writes `lastOperation{description: "Cloud provider message - …",
 //! errorCode, state: Failed, type: Create}`, phase CrashLoopBackOff (Failed after the
 //! creation timeout), and requeues per [`super::status::RetryPeriods`]. Unlike MCM, a Failed
@@ -51,8 +54,8 @@ use super::{
     crd::{DEFAULT_PRIORITY, Machine, MachineClass, NODE_LABEL, PRIORITY_ANNOTATION},
     delete_flow,
     error::{Error, Result, is_not_found},
-    field_manager, health, machine_metrics, node_sync, orphans, own_writes, permit, secrets,
-    similar,
+    field_manager, health, machine_metrics, never_created, node_sync, orphans, own_writes, permit,
+    secrets, similar,
     status::{self, StatusUpdate, last_op, op, phase, state},
 };
 
@@ -130,11 +133,23 @@ pub fn error_policy(
 
 /// Adds our finalizer (MCM's `addMachineFinalizers`) and waits for the change: the write's
 /// own watch event brings the Machine back.
+///
+/// When a create of the Machine would be refused before any API call, the same write marks
+/// it as one that never sent a create ([`never_created`]).
 async fn add_finalizer(m: &Machine, ctx: &Context) -> Result<Action> {
     let mut finalizers = m.finalizers().to_vec();
     finalizers.push(MACHINE_FINALIZER.to_owned());
+    let refusal = class_of(m, ctx)
+        .ok()
+        .filter(|_| m.provider_id().is_none())
+        .and_then(|class| never_created::refusal(m, &class, ctx));
+    let mut metadata = json!({ "finalizers": finalizers });
+    if let Some(why) = &refusal {
+        tracing::info!(machine = %m.name_any(), refusal = %why, "a create would be refused before any API call; marking the Machine as one that never sent a create");
+        metadata["annotations"] = never_created::set();
+    }
     // Deleted meanwhile or not, its next watch event ends it.
-    write_finalizers(m, ctx, finalizers, "add Machine finalizer").await?;
+    write_metadata(m, ctx, metadata, "add Machine finalizer").await?;
     Ok(Action::await_change())
 }
 
@@ -147,10 +162,19 @@ pub(super) async fn write_finalizers(
     finalizers: Vec<String>,
     action: &'static str,
 ) -> Result<bool> {
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": m.resource_version(),
-    }});
+    write_metadata(m, ctx, json!({ "finalizers": finalizers }), action).await
+}
+
+/// Merges `metadata` into the Machine's, under the resourceVersion read (see
+/// [`write_finalizers`]). `false` when the Machine is gone.
+async fn write_metadata(
+    m: &Machine,
+    ctx: &Context,
+    mut metadata: serde_json::Value,
+    action: &'static str,
+) -> Result<bool> {
+    metadata["resourceVersion"] = json!(m.resource_version());
+    let patch = json!({ "metadata": metadata });
     let api: Api<Machine> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     match api
         .patch(&m.name_any(), &field_manager::patch(), &Patch::Merge(patch))
@@ -360,6 +384,18 @@ async fn create_flow(m: &Machine, class: &MachineClass, ctx: &Context) -> Result
     }
     let provider_spec = serde_json::to_vec(&class.provider_spec).unwrap_or_default();
     let spec_provider_id = m.provider_id().unwrap_or_default().to_owned();
+    if spec_provider_id.is_empty() && never_created::marked(m) {
+        // Keep the proof that no create was sent: a create the driver refuses on its own is
+        // not sent at all; any other is sent only once the proof is gone.
+        if let Some(refusal) = ctx
+            .preflight
+            .create_refusal(&name, &provider_spec, &secrets)
+        {
+            tracing::debug!(machine = %name, "CreateMachine would be refused before any API call; not sent");
+            return create_failed(m, ctx, refusal).await;
+        }
+        never_created::clear(m, ctx).await?;
+    }
 
     // 1. Is there a device already? Only asked when the Machine names one: without a
     //    ProviderID, MCM's flow would look it up by name first, but our CreateMachine is
@@ -505,6 +541,11 @@ async fn persist_identity(
             "annotations".into(),
             json!({ PRIORITY_ANNOTATION: DEFAULT_PRIORITY }),
         );
+    }
+    if never_created::marked(m) {
+        // A device is the Machine's now: the proof no longer holds.
+        let annotations = metadata.entry("annotations").or_insert_with(|| json!({}));
+        annotations[never_created::NO_CREATE_SENT] = serde_json::Value::Null;
     }
     let mut patch = serde_json::Map::new();
     if m.provider_id() != Some(provider_id) {

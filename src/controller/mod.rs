@@ -33,6 +33,7 @@ pub mod leader;
 pub mod machine;
 pub mod machine_class;
 pub mod machine_metrics;
+pub mod never_created;
 pub mod node_events;
 pub mod node_finalizer;
 pub mod node_sync;
@@ -61,7 +62,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cmi::{Rpc, client::CmiClient},
+    cmi::{Rpc, client::CmiClient, preflight::Preflight},
     telemetry::{Metrics, admin},
 };
 
@@ -136,7 +137,7 @@ async fn connect_driver(
     driver: &DriverSettings,
     in_process: Option<CmiClient>,
     shutdown: &CancellationToken,
-) -> Result<Option<(CmiClient, Capabilities)>> {
+) -> Result<Option<(CmiClient, Capabilities, Preflight)>> {
     let tls = driver.tls.load()?;
     let mut delay = Duration::from_millis(200);
     let mut attempts = 0u32;
@@ -156,7 +157,8 @@ async fn connect_driver(
             Ok(client) => match client.probe().await {
                 Ok(ready) if ready != Some(false) => {
                     let capabilities = capabilities(&client).await;
-                    return Ok(Some((client, capabilities)));
+                    let preflight = preflight(&client).await;
+                    return Ok(Some((client, capabilities, preflight)));
                 }
                 Ok(_) => tracing::info!("driver not ready yet"),
                 Err(e) => {
@@ -198,6 +200,29 @@ async fn capabilities(client: &CmiClient) -> Capabilities {
             )
         }
     }
+}
+
+/// Whether the driver is this build, whose CreateMachine refusals the controller can then
+/// tell before sending (see [`crate::cmi::preflight`]).
+async fn preflight(client: &CmiClient) -> Preflight {
+    let info = match client.get_plugin_info().await {
+        Ok(info) => Some(info),
+        Err(e) => {
+            tracing::warn!(code = ?e.code(), "GetPluginInfo failed; every CreateMachine counts as one that may create");
+            None
+        }
+    };
+    let preflight = Preflight::for_driver(info.as_ref());
+    tracing::info!(
+        driver = info.as_ref().map(|i| i.name.as_str()).unwrap_or_default(),
+        version = info
+            .as_ref()
+            .map(|i| i.version.as_str())
+            .unwrap_or_default(),
+        same_build = preflight != Preflight::default(),
+        "driver identity"
+    );
+    preflight
 }
 
 /// Runs the controller until `shutdown` is cancelled (returns `Ok`) or leadership is lost
@@ -254,7 +279,9 @@ async fn run_with(
         "" => Some(target_client(&control_kubeconfig, rate).await?),
         flag => Some(target_client(flag, rate).await?),
     };
-    let Some((cmi, capabilities)) = connect_driver(&driver, in_process, &shutdown).await? else {
+    let Some((cmi, capabilities, preflight)) =
+        connect_driver(&driver, in_process, &shutdown).await?
+    else {
         return Ok(());
     };
     readiness.set(true);
@@ -315,6 +342,7 @@ async fn run_with(
         target: target.clone(),
         cmi,
         capabilities,
+        preflight,
         config,
         metrics: metrics.clone(),
         stop: stop.clone(),

@@ -11,7 +11,7 @@
 //! - Every other API error has its secrets removed ([`Scrubber`]) and is classified by
 //!   [`Error::api`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -102,14 +102,20 @@ struct Ctx {
     scrubber: Scrubber,
 }
 
+/// Neither the providerSpec nor the Secret names the project.
+fn missing_project() -> Error {
+    Error::invalid(
+        "providerSpec.projectID",
+        "required (in the providerSpec or as projectID in the Secret)",
+    )
+}
+
 impl Ctx {
     fn new(scope: Scope, creds: Credentials, deadline: Option<Instant>) -> Result<Self, Error> {
-        let project = scope.project_id.or(creds.project_id).ok_or_else(|| {
-            Error::invalid(
-                "providerSpec.projectID",
-                "required (in the providerSpec or as projectID in the Secret)",
-            )
-        })?;
+        let project = scope
+            .project_id
+            .or(creds.project_id)
+            .ok_or_else(missing_project)?;
         let scrubber = Scrubber::new(&creds, &scope);
         let call = Call::new(creds.api_token).with_deadline(deadline);
         Ok(Self {
@@ -167,9 +173,7 @@ impl<A: DeviceApi> Provider<A> {
     ///   `reservedDevicesOnly`. Nothing left → [`Error::NoCapacity`].
     /// - A concurrent mutating call for the same machine gets [`Error::MachineBusy`].
     pub async fn create_machine(&self, req: MachineRequest) -> Result<MachineInfo, Error> {
-        validate_machine_name(&req.machine_name, true)?;
-        let spec = ProviderSpec::decode(&req.provider_spec)?;
-        let creds = Credentials::from_secrets(&req.secrets, true)?;
+        let (spec, creds) = checked_create(&req.machine_name, &req.provider_spec, &req.secrets)?;
         let user_data = creds.user_data.clone();
         let ctx = Ctx::new(Scope::from(&spec), creds, req.deadline)?;
         let machine = req.machine_name.as_str();
@@ -522,6 +526,33 @@ enum Target {
     Gone,
     /// The device, verified to belong to the cluster.
     Device(Box<Device>),
+}
+
+/// Everything CreateMachine checks before its first API call: the machine name as a
+/// hostname, the providerSpec (strictly: an unknown field is refused), the Secret (token and
+/// userData) and the project. `Err` means CreateMachine refuses the request without calling
+/// the API, so a caller that gets it here knows the request would reach nothing.
+pub fn create_refusal(
+    machine_name: &str,
+    provider_spec: &[u8],
+    secrets: &HashMap<String, Vec<u8>>,
+) -> Result<(), Error> {
+    checked_create(machine_name, provider_spec, secrets).map(drop)
+}
+
+/// [`create_refusal`]'s checks, keeping what create goes on with.
+fn checked_create(
+    machine_name: &str,
+    provider_spec: &[u8],
+    secrets: &HashMap<String, Vec<u8>>,
+) -> Result<(ProviderSpec, Credentials), Error> {
+    validate_machine_name(machine_name, true)?;
+    let spec = ProviderSpec::decode(provider_spec)?;
+    let creds = Credentials::from_secrets(secrets, true)?;
+    if spec.project_id.is_none() && creds.project_id.is_none() {
+        return Err(missing_project());
+    }
+    Ok((spec, creds))
 }
 
 /// Machine names become hostnames and tag values. Create enforces a DNS label (the device

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 
 pub use error::Error;
-pub use machine::{MachineInfo, Provider, ProviderConfig};
+pub use machine::{MachineInfo, Provider, ProviderConfig, create_refusal};
 
 /// The inputs every per-machine RPC shares (Create/Delete/GetMachineStatus/ShutDown).
 /// Deliberately not `Debug`: `secrets` holds the API token and userData.

@@ -84,6 +84,9 @@ async fn list_devices(
             return Err(e);
         }
     };
+    if let Some(hostname) = &q.hostname {
+        sim.recorder.hostname_lookup(hostname);
+    }
     let list = sim.list(token, &project, &q, Instant::now())?;
     Ok(Json(list).into_response())
 }

@@ -20,6 +20,11 @@ pub struct SimStats {
     pub responses: BTreeMap<String, u64>,
     /// Injected faults by kind: `429`, `500`, `503`, `drop`, `rate_limit`.
     pub faults: BTreeMap<String, u64>,
+    /// Device list requests filtered by hostname, by that hostname: how often a machine was
+    /// looked up by name (the driver's per-machine lookup), so a test can tell that the API
+    /// never heard of a machine.
+    #[serde(default)]
+    pub hostname_lookups: BTreeMap<String, u64>,
     /// Devices ever created (via HTTP or `create_device_direct`).
     pub devices_created: u64,
     /// Delete requests that started a deprovisioning.
@@ -51,12 +56,18 @@ struct Counters {
     requests: BTreeMap<String, u64>,
     responses: BTreeMap<String, u64>,
     faults: BTreeMap<String, u64>,
+    hostname_lookups: BTreeMap<String, u64>,
 }
 
 impl Recorder {
     /// Counts one API request of `operation` (an operationId).
     pub fn request(&self, operation: &str) {
         bump(&mut self.lock().requests, operation);
+    }
+
+    /// Counts one device list request filtered by `hostname`.
+    pub fn hostname_lookup(&self, hostname: &str) {
+        bump(&mut self.lock().hostname_lookups, hostname);
     }
 
     /// Counts one response by status code.
@@ -75,6 +86,7 @@ impl Recorder {
         stats.requests = c.requests.clone();
         stats.responses = c.responses.clone();
         stats.faults = c.faults.clone();
+        stats.hostname_lookups = c.hostname_lookups.clone();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counters> {

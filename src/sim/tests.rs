@@ -461,6 +461,11 @@ async fn tag_hostname_and_search_filters() {
         ["alpha-1", "alpha-2"]
     );
     assert_eq!(names(api.list("hostname=a-2").await), ["alpha-2"]);
+    // Lookups by hostname are counted by the hostname asked for, the others not at all.
+    assert_eq!(
+        sim.stats().hostname_lookups,
+        [("ALPHA".to_owned(), 1), ("a-2".to_owned(), 1)].into()
+    );
     assert_eq!(names(api.list("search=pool").await), ["alpha-1"]);
     assert_eq!(
         names(

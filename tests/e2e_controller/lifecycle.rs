@@ -8,7 +8,7 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
 };
-use metal_driver::controller::crd::MachineClass;
+use metal_driver::controller::{crd::MachineClass, never_created::NO_CREATE_SENT};
 use serde_json::json;
 
 use crate::{
@@ -456,9 +456,11 @@ async fn f_node_health_drives_phases() {
     .await;
 }
 
-/// A MachineClass with an unknown providerSpec field: CreateMachine refuses it (the Machine
-/// goes CrashLoopBackOff with InvalidArgument and no device is created), yet deleting the
-/// Machine goes through: DeleteMachine reads what it needs and the Machine is gone.
+/// A MachineClass with an unknown providerSpec field: CreateMachine would refuse it, so its
+/// Machines go CrashLoopBackOff with InvalidArgument, are marked as never having sent a
+/// create, and no device is made. Deleting one needs no API call at all: the Metal API never
+/// hears its name (no create, no lookup, no delete). Once the class is mended, the other
+/// Machine loses the mark and gets its device.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the e2e environment: hack/e2e.sh"]
 async fn broken_class_machine_goes_from_crashloop_to_gone() {
@@ -466,60 +468,50 @@ async fn broken_class_machine_goes_from_crashloop_to_gone() {
         let client = stack.client.clone();
         let ns = stack.ns.clone();
         apply_sample(&client, &ns, "secret.yaml", |_| {}).await;
-        let class = apply_sample(&client, &ns, "machine-class.yaml", |c| {
-            c["providerSpec"]["machineTyp"] = json!("c3.small.x86");
-        })
-        .await;
-        let name = format!("{ns}-m1");
-        apply_sample(&client, &ns, "machine.yaml", |m| {
-            m["metadata"]["name"] = json!(name);
-            m["spec"]["class"]["name"] = json!(class);
-        })
-        .await;
+        let broken = |c: &mut serde_json::Value| {
+            let spec = c["providerSpec"].as_object_mut().expect("providerSpec");
+            let machine_type = spec.remove("machineType").expect("machineType");
+            spec.insert("machineTyp".into(), machine_type);
+        };
+        let class = apply_sample(&client, &ns, "machine-class.yaml", broken).await;
+        let names = [format!("{ns}-m1"), format!("{ns}-m2")];
+        for name in &names {
+            apply_sample(&client, &ns, "machine.yaml", |m| {
+                m["metadata"]["name"] = json!(name);
+                m["spec"]["class"]["name"] = json!(class);
+            })
+            .await;
+        }
         let machines = stack.machines();
-        let m = eventually("Machine CrashLoopBackOff", Duration::from_secs(60), || {
-            let machines = machines.clone();
-            let name = name.clone();
-            async move {
-                machines
-                    .get(&name)
-                    .await
-                    .ok()
-                    .filter(|m| m.phase() == "CrashLoopBackOff")
-            }
-        })
-        .await;
-        let last = m
-            .status
-            .as_ref()
-            .and_then(|s| s.last_operation.as_ref())
-            .expect("lastOperation");
-        assert_eq!(
-            last.error_code.as_deref(),
-            Some("InvalidArgument"),
-            "{last:?}"
-        );
-        assert!(last.description.contains("machineTyp"), "{last:?}");
-        assert!(m.provider_id().is_none());
+        for name in &names {
+            let m = machine_in_phase(&machines, name, "CrashLoopBackOff", Duration::from_secs(60))
+                .await;
+            let last = m
+                .status
+                .as_ref()
+                .and_then(|s| s.last_operation.as_ref())
+                .expect("lastOperation");
+            assert_eq!(
+                last.error_code.as_deref(),
+                Some("InvalidArgument"),
+                "{last:?}"
+            );
+            assert!(last.description.contains("machineTyp"), "{last:?}");
+            assert!(m.provider_id().is_none());
+            assert_eq!(
+                m.annotations().get(NO_CREATE_SENT).map(String::as_str),
+                Some("true"),
+                "{:?}",
+                m.annotations()
+            );
+        }
 
+        let [m1, m2] = &names;
         machines
-            .delete(&name, &Default::default())
+            .delete(m1, &Default::default())
             .await
             .expect("delete Machine");
-        eventually("Machine gone", Duration::from_secs(60), || {
-            let machines = machines.clone();
-            let name = name.clone();
-            async move {
-                machines
-                    .get_opt(&name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_none()
-                    .then_some(())
-            }
-        })
-        .await;
+        machine_gone(&machines, m1, Duration::from_secs(60)).await;
         let stats = stack.sim_stats().await;
         assert_eq!(
             stats["requests"]["createDevice"].as_u64().unwrap_or(0),
@@ -531,7 +523,31 @@ async fn broken_class_machine_goes_from_crashloop_to_gone() {
             0,
             "{stats}"
         );
+        assert!(
+            stats["hostname_lookups"].get(m1.as_str()).is_none(),
+            "the API heard of {m1}: {stats}"
+        );
         assert!(stack.devices().await.is_empty());
+
+        // Mended: the mark goes, the create is sent, the device is made.
+        apply_sample(&client, &ns, "machine-class.yaml", |_| {}).await;
+        let m = eventually("Machine with a ProviderID", Duration::from_secs(60), || {
+            let machines = machines.clone();
+            async move {
+                machines
+                    .get(m2)
+                    .await
+                    .ok()
+                    .filter(|m| m.provider_id().is_some())
+            }
+        })
+        .await;
+        assert!(
+            !m.annotations().contains_key(NO_CREATE_SENT),
+            "{:?}",
+            m.annotations()
+        );
+        assert_eq!(stack.devices().await.len(), 1);
         stack
     })
     .await;
