@@ -127,6 +127,18 @@ mod tests {
         context_with(client, caches(vec![], vec![class], vec![secret], vec![]))
     }
 
+    /// The write of Machine `m`'s metadata (`status: false`) or status, checked by `check`.
+    fn write(status: bool, check: impl Fn(&Value) + Send + Sync + 'static) -> Call {
+        let path = if status { "m/status" } else { "m" };
+        Call::new(
+            "PATCH",
+            format!("{MACHINES}/{path}?"),
+            200,
+            machine(json!({})),
+        )
+        .body(check)
+    }
+
     fn guard(v: Value) -> Arc<DeserializeGuard<Machine>> {
         Arc::new(serde_json::from_value(v).unwrap())
     }
@@ -136,20 +148,16 @@ mod tests {
     #[tokio::test]
     async fn the_finalizer_write_marks_only_a_machine_whose_create_would_be_refused() {
         for broken in [true, false] {
-            let (client, mock) = mock_client(vec![
-                Call::new("PATCH", format!("{MACHINES}/m?"), 200, machine(json!({}))).body(
-                    move |b| {
-                        assert_eq!(
-                            b["metadata"]["finalizers"],
-                            json!([MACHINE_FINALIZER]),
-                            "{b}"
-                        );
-                        assert_eq!(b["metadata"]["resourceVersion"], "1", "{b}");
-                        let mark = &b["metadata"]["annotations"][NO_CREATE_SENT];
-                        assert_eq!(mark.as_str() == Some("true"), broken, "{b}");
-                    },
-                ),
-            ]);
+            let (client, mock) = mock_client(vec![write(false, move |b| {
+                assert_eq!(
+                    b["metadata"]["finalizers"],
+                    json!([MACHINE_FINALIZER]),
+                    "{b}"
+                );
+                assert_eq!(b["metadata"]["resourceVersion"], "1", "{b}");
+                let mark = &b["metadata"]["annotations"][NO_CREATE_SENT];
+                assert_eq!(mark.as_str() == Some("true"), broken, "{b}");
+            })]);
             let action = reconcile(guard(machine(json!({}))), ctx(client, broken))
                 .await
                 .unwrap();
@@ -162,26 +170,18 @@ mod tests {
     /// create (a sent one would fail Unavailable: the fixture's driver is unreachable).
     #[tokio::test]
     async fn a_marked_machine_of_a_broken_class_sends_no_create() {
-        let (client, mock) = mock_client(vec![
-            Call::new(
-                "PATCH",
-                format!("{MACHINES}/m/status?"),
-                200,
-                machine(json!({})),
-            )
-            .body(|b| {
-                let op = &b["status"]["lastOperation"];
-                assert_eq!(op["errorCode"], "InvalidArgument", "{b}");
-                assert!(
-                    op["description"].as_str().unwrap().contains("machineTyp"),
-                    "{b}"
-                );
-                assert_eq!(
-                    b["status"]["currentStatus"]["phase"], "CrashLoopBackOff",
-                    "{b}"
-                );
-            }),
-        ]);
+        let (client, mock) = mock_client(vec![write(true, |b| {
+            let op = &b["status"]["lastOperation"];
+            assert_eq!(op["errorCode"], "InvalidArgument", "{b}");
+            assert!(
+                op["description"].as_str().unwrap().contains("machineTyp"),
+                "{b}"
+            );
+            assert_eq!(
+                b["status"]["currentStatus"]["phase"], "CrashLoopBackOff",
+                "{b}"
+            );
+        })]);
         let action = reconcile(guard(marked(json!({}))), ctx(client, true))
             .await
             .unwrap();
@@ -194,7 +194,7 @@ mod tests {
     #[tokio::test]
     async fn a_mended_class_removes_the_mark_before_the_create() {
         let (client, mock) = mock_client(vec![
-            Call::new("PATCH", format!("{MACHINES}/m?"), 200, machine(json!({}))).body(|b| {
+            write(false, |b| {
                 assert_eq!(
                     b["metadata"]["annotations"],
                     json!({NO_CREATE_SENT: null}),
@@ -202,13 +202,7 @@ mod tests {
                 );
             }),
             // Sent: the unreachable driver answers Unavailable.
-            Call::new(
-                "PATCH",
-                format!("{MACHINES}/m/status?"),
-                200,
-                machine(json!({})),
-            )
-            .body(|b| {
+            write(true, |b| {
                 assert_eq!(
                     b["status"]["lastOperation"]["errorCode"], "Unavailable",
                     "{b}"
@@ -226,12 +220,10 @@ mod tests {
     #[tokio::test]
     async fn a_marked_machine_is_released_without_any_call() {
         for broken in [true, false] {
-            let (client, mock) = mock_client(vec![
-                Call::new("PATCH", format!("{MACHINES}/m?"), 200, machine(json!({}))).body(|b| {
-                    assert_eq!(b["metadata"]["finalizers"], json!([]), "{b}");
-                    assert_eq!(b["metadata"]["resourceVersion"], "1", "{b}");
-                }),
-            ]);
+            let (client, mock) = mock_client(vec![write(false, |b| {
+                assert_eq!(b["metadata"]["finalizers"], json!([]), "{b}");
+                assert_eq!(b["metadata"]["resourceVersion"], "1", "{b}");
+            })]);
             let m = marked(json!({"deletionTimestamp": "2026-01-01T00:00:00Z"}));
             let action = reconcile(guard(m), ctx(client, broken)).await.unwrap();
             assert_eq!(action, Action::await_change());
@@ -243,15 +235,9 @@ mod tests {
     /// (the flow starts with the Terminating status, as for any Machine).
     #[tokio::test]
     async fn a_machine_with_a_provider_id_is_deleted_through_the_flow() {
-        let (client, mock) = mock_client(vec![
-            Call::new(
-                "PATCH",
-                format!("{MACHINES}/m/status?"),
-                200,
-                machine(json!({})),
-            )
-            .body(|b| assert_eq!(b["status"]["currentStatus"]["phase"], "Terminating", "{b}")),
-        ]);
+        let (client, mock) = mock_client(vec![write(true, |b| {
+            assert_eq!(b["status"]["currentStatus"]["phase"], "Terminating", "{b}")
+        })]);
         let mut m = marked(json!({"deletionTimestamp": "2026-01-01T00:00:00Z"}));
         m["spec"]["providerID"] = json!("equinixmetal://sv/5c4ae4ba-fbd6-4b5b-a8b4-2d9d3a05a1f5");
         let _ = reconcile(guard(m), ctx(client, false)).await;

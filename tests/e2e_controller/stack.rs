@@ -30,7 +30,9 @@ use crate::support::{
 /// `<logs>/<name>.log`; killed on drop.
 async fn spawn_ours(name: &str, args: &[String], logs: &Path) -> Child {
     let mut command = Command::new(BIN);
-    command.args(args).env("METAL_DRIVER_LOG_LEVEL", "info");
+    // METAL_DRIVER_E2E_LOG_LEVEL (a tracing filter) makes a flaky run's logs say more.
+    let level = std::env::var("METAL_DRIVER_E2E_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    command.args(args).env("METAL_DRIVER_LOG_LEVEL", level);
     let log = logs.join(format!("{name}.log"));
     Child::spawn(command, name, &log, Duration::from_secs(60))
         .await
