@@ -46,6 +46,7 @@ pub mod secret_finalizer;
 pub mod secrets;
 pub mod similar;
 pub mod status;
+pub mod watch_backoff;
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -403,6 +404,7 @@ async fn run_with(
     .inspect_ok(move |m| queue.triggered("machine", machine_metrics::queue_key(m)));
     let machine_controller = Controller::for_stream(machine_events, machine_store.clone())
         .with_config(ControllerConfig::default().concurrency(concurrent_syncs))
+        .trigger_backoff(watch_backoff::WatchBackoff::default())
         // A class reconcile hands its Machines over, as MCM's does; so do Node events.
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
             machine_queue_rx,
@@ -422,7 +424,7 @@ async fn run_with(
                 writer,
                 watcher(nodes, watcher::Config::default()).modify(caches::trim_node),
             )
-            .default_backoff()
+            .backoff(watch_backoff::WatchBackoff::default())
             .inspect(move |e| filled_on_init(e, &filled.caches, Kind::Nodes))
             .take_until(stop.clone().cancelled_owned())
             .for_each(move |event| {
@@ -470,6 +472,7 @@ async fn run_with(
         .inspect(move |e| filled_on_init(e, &filled.caches, Kind::Classes))
         .applied_objects();
     let class_task = Controller::for_stream(class_events, class_store.clone())
+        .trigger_backoff(watch_backoff::WatchBackoff::default())
         // Machine adds and deletes, and Machines waiting for the class finalizer.
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
             class_queue_rx,
@@ -489,7 +492,7 @@ async fn run_with(
         secret_writer,
         watcher(secrets, watcher::Config::default()).modify(caches::trim_secret),
     )
-    .default_backoff()
+    .backoff(watch_backoff::WatchBackoff::default())
     .inspect(move |e| filled_on_init(e, &filled.caches, Kind::Secrets))
     .take_until(stop.clone().cancelled_owned())
     .for_each(|_| future::ready(()));
