@@ -265,7 +265,17 @@ pub fn plan(
             capacity_changed = true;
         }
     }
-    if capacity_changed {
+    // The record is written with the capacity, and on its own when it does not say what the
+    // Node carries: capacity and record are two writes (status, then object), and when the
+    // second fails (a conflict) the retry finds the capacity already there. Without its record
+    // the capacity could never be taken off again (MCM's syncNodeTemplates has that hole).
+    let record_current = last_capacity.len() == virtual_capacity.len()
+        && virtual_capacity.iter().all(|(key, want)| {
+            last_capacity
+                .get(key)
+                .is_some_and(|h| same_quantity(h, want))
+        });
+    if capacity_changed || !record_current {
         let record = if virtual_capacity.is_empty() {
             None
         } else {
@@ -523,6 +533,32 @@ mod tests {
         assert_eq!(
             p.annotations.get(LAST_APPLIED_VIRTUAL_CAPACITY),
             Some(&None)
+        );
+    }
+
+    /// Capacity applied by a sync whose record write then failed: the record is written on
+    /// its own; a record in other units of the same quantities is left alone.
+    #[test]
+    fn a_missing_virtual_capacity_record_is_written_alone() {
+        let vc = virtual_capacity(Some(&json!({"virtualCapacity": {"x/y": "1024Mi"}})));
+        let without_record = node(
+            json!({"metadata": {"name": "n1", "labels": {MACHINE_NAME_LABEL: "m1"}, "annotations": {"a": "b"}},
+                   "status": {"capacity": {"x/y": "1Gi"}}}),
+        );
+        let p = plan("m1", &NodeTemplate::default(), &vc, &without_record).unwrap();
+        assert!(p.capacity.is_empty(), "{:?}", p.capacity);
+        assert_eq!(
+            p.annotations[LAST_APPLIED_VIRTUAL_CAPACITY].as_deref(),
+            Some(r#"{"x/y":"1024Mi"}"#)
+        );
+        let with_record = node(
+            json!({"metadata": {"name": "n1", "labels": {MACHINE_NAME_LABEL: "m1"},
+                                "annotations": {"a": "b", LAST_APPLIED_VIRTUAL_CAPACITY: r#"{"x/y":"1Gi"}"#}},
+                   "status": {"capacity": {"x/y": "1Gi"}}}),
+        );
+        let p = plan("m1", &NodeTemplate::default(), &vc, &with_record).unwrap();
+        assert!(
+            p.capacity.is_empty() && !p.annotations.contains_key(LAST_APPLIED_VIRTUAL_CAPACITY)
         );
     }
 
